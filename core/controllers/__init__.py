@@ -1,0 +1,25 @@
+"""Built-in controllers (replay-spec §5): SC@N, ASC, ESC, Parallel-Probe and the paper's CMC.
+
+Each is a frozen dataclass whose fields are its options (defaults = Table 1's settings), with a readable
+`solve(question)` and a compiled replay fast path that the tests hold to identical results.
+"""
+
+from core.controllers.asc import AdaptiveConsistency
+from core.controllers.base import BUILTINS, BuiltinController, Controller, ControllerSpec, parse_spec
+from core.controllers.cmc import ConfidenceMomentumController
+from core.controllers.esc import EarlyStoppingConsistency
+from core.controllers.parallel_probe import ParallelProbe
+from core.controllers.sc import SelfConsistency
+
+__all__ = [
+    "BUILTINS",
+    "AdaptiveConsistency",
+    "BuiltinController",
+    "ConfidenceMomentumController",
+    "Controller",
+    "ControllerSpec",
+    "EarlyStoppingConsistency",
+    "ParallelProbe",
+    "SelfConsistency",
+    "parse_spec",
+]

@@ -1,0 +1,338 @@
+"""CMC, the Confidence Momentum Controller the AutoTTS paper discovered (its Appendix D; replay-spec §5).
+
+One knob β ∈ [0, 1] schedules every internal setting: small β stops early on few branches, large β opens more
+branches, probes deeper and demands more confidence. The controller keeps a pool of finished branches' answers,
+tracks an exponential moving average (EMA) of the pool's Beta confidence, abandons branches that keep disagreeing
+with the pool winner, gives aligned branches longer bursts, and widens only while confidence is low and not rising.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numba import njit, prange
+
+from core.controllers.base import BuiltinController, register
+from core.kernels import env_arrays, permutation_table, step_branch, vote_stats_ids
+from core.primitives import beta_confidence, beta_confidence_table, majority, vote_stats
+
+
+@dataclass(frozen=True)
+class CMCSchedule:
+    """Every internal setting of CMC, derived from β (Python `round`: halves go to the even integer)."""
+
+    n_init: int
+    max_branch_use: int
+    warm_up: int
+    abandon_patience: int
+    t_ema: int
+    ema_alpha: float
+    conf_thresh: float
+    delta_slack: float
+    burst_aligned: int
+    widen_burst: int
+    trend_thresh: float
+    min_complete: int
+
+    @classmethod
+    def from_beta(cls, beta: float, max_branches: int = 64) -> CMCSchedule:
+        b = min(1.0, max(0.0, float(beta)))
+        return cls(
+            n_init=max(2, round(2 + 6 * b)),
+            max_branch_use=min(max_branches, round(4 + 60 * b)),
+            warm_up=max(2, round(2 + 8 * b)),
+            abandon_patience=max(3, round(3 + 9 * b)),
+            t_ema=max(2, round(2 + 6 * b)),
+            ema_alpha=round(0.70 - 0.40 * b, 4),
+            conf_thresh=round(0.85 + 0.12 * b, 4),
+            delta_slack=round(0.04 - 0.03 * b, 4),
+            burst_aligned=max(1, round(1 + 2 * b)),
+            widen_burst=max(1, round(1 + 3 * b)),
+            trend_thresh=round(0.04 - 0.03 * b, 4),
+            min_complete=max(2, round(2 + 3 * b)),
+        )
+
+
+@register
+@dataclass(frozen=True)
+class ConfidenceMomentumController(BuiltinController):
+    """The paper's discovered controller; `beta` trades tokens for accuracy monotonically."""
+
+    name: ClassVar[str] = "cmc"
+    summary: ClassVar[str] = "Confidence Momentum Controller (AutoTTS): one knob beta in [0, 1]"
+
+    beta: float = 0.5
+    """The single knob, clamped to [0, 1]; every internal setting follows from it."""
+    max_branches: int = 64
+    """Ceiling on branches opened per question."""
+    max_rounds: int = 500
+    """Outer rounds at most."""
+
+    @property
+    def schedule(self) -> CMCSchedule:
+        return CMCSchedule.from_beta(self.beta, self.max_branches)
+
+    def solve(self, question: Any) -> str | None:
+        s = self.schedule
+        alpha = s.ema_alpha
+        latest: list[str] = []
+        finished: list[bool] = []
+        abandoned: list[bool] = []
+        probes: list[int] = []
+        disagree: list[int] = []
+        pool: list[str] = []  # final answers of finished branches, in finishing order
+
+        def open_branch() -> bool:
+            try:
+                ans, _, fin = question.probe_new()
+            except (ValueError, IndexError):
+                return False
+            latest.append(ans)
+            finished.append(fin)
+            abandoned.append(False)
+            probes.append(1)
+            disagree.append(0)
+            if fin:
+                pool.append(ans)
+            return True
+
+        for _ in range(s.n_init):
+            if not open_branch():
+                break
+        if not latest:
+            return None
+        spawned = len(latest)
+        ema = 0.0
+        window: deque[float] = deque(maxlen=s.t_ema)
+        for outer in range(self.max_rounds):
+            # 1. pool confidence and its momentum
+            winner, top1, top2 = vote_stats(pool)
+            warm = outer >= s.warm_up
+            ema = (1 - alpha) * ema + alpha * beta_confidence(top1, top2)
+            window.append(ema)
+            # 2. abandon branches that keep disagreeing with the pool winner (always keep two alive)
+            live = [i for i in range(len(latest)) if not abandoned[i] and not finished[i]]
+            if warm and winner is not None:
+                for i in live:
+                    disagree[i] = disagree[i] + 1 if latest[i] != winner else 0
+                stale = sorted((i for i in live if disagree[i] >= s.abandon_patience), key=lambda i: -disagree[i])
+                for i in stale[: max(0, len(live) - 2)]:
+                    abandoned[i] = True
+                live = [i for i in live if not abandoned[i]]
+            # 3. depth: deepest first; branches agreeing with the winner get longer bursts
+            for i in sorted(live, key=lambda i: -probes[i]):
+                aligned = warm and winner is not None and latest[i] == winner
+                for _ in range(s.burst_aligned if aligned else 1):
+                    ans, fin = question.probe_more(i)
+                    probes[i] += 1
+                    latest[i] = ans
+                    if fin:
+                        finished[i] = True
+                        pool.append(ans)
+                        break
+            # 4. second EMA update this round replaces the newest window entry
+            winner, top1, top2 = vote_stats(pool)
+            ema = (1 - alpha) * ema + alpha * beta_confidence(top1, top2)
+            window[-1] = ema
+            delta = window[-1] - window[0] if len(window) >= 2 else 0.0
+            # 5. stop when confident and confidence is not falling
+            if warm and len(pool) >= s.min_complete and ema >= s.conf_thresh and delta >= -s.delta_slack:
+                return winner
+            # 6. nothing left to advance
+            if all(f or a for f, a in zip(finished, abandoned, strict=True)):
+                break
+            # 7. widen while confidence is low and not rising
+            if (spawned < s.max_branch_use and delta <= s.trend_thresh and outer >= max(1, s.warm_up // 2)
+                    and ema < s.conf_thresh):
+                for _ in range(s.widen_burst):
+                    if spawned >= min(s.max_branch_use, 64) or not open_branch():
+                        break
+                    spawned += 1
+        if pool:
+            return majority(pool)
+        return majority([latest[i] for i in range(len(latest)) if not abandoned[i]])
+
+    def run_replay(self, env, seeds):
+        s = self.schedule
+        table = beta_confidence_table(129)
+        cap = min(s.max_branch_use, 64)
+        return _run(*env_arrays(env), permutation_table(env, seeds), table, self.max_rounds, s.n_init, cap,
+                    s.max_branch_use, s.warm_up, s.abandon_patience, s.t_ema, s.ema_alpha, s.conf_thresh,
+                    s.delta_slack, s.burst_aligned, s.widen_burst, s.trend_thresh, s.min_complete)
+
+
+@njit(cache=True, nogil=True)
+def _episode(lo, n_avail, s, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers, perm, scratch,
+             conf_table, max_rounds, n_init, cap, max_branch_use, warm_up, abandon_patience, t_ema, alpha,
+             conf_thresh, delta_slack, burst_aligned, widen_burst, trend_thresh, min_complete):
+    size = max(n_init, cap) + widen_burst
+    glob = np.empty(size, dtype=np.int64)
+    depth = np.zeros(size, dtype=np.int64)
+    latest = np.empty(size, dtype=np.int32)
+    finished = np.zeros(size, dtype=np.bool_)
+    abandoned = np.zeros(size, dtype=np.bool_)
+    probes = np.zeros(size, dtype=np.int64)
+    disagree = np.zeros(size, dtype=np.int64)
+    pool = np.empty(size, dtype=np.int32)
+    live = np.empty(size, dtype=np.int64)
+    order = np.empty(size, dtype=np.int64)
+    window = np.empty(t_ema, dtype=np.float64)
+    n_pool = 0
+    n_open = 0
+    cost = 0
+    # open n_init branches
+    for _k in range(n_init):
+        if n_open >= n_avail:
+            break
+        g = lo + perm[s, lo + n_open]
+        a, c, fin = step_branch(g, 0, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers)
+        glob[n_open] = g
+        depth[n_open] = 1
+        latest[n_open] = a
+        finished[n_open] = fin
+        probes[n_open] = 1
+        cost += c
+        if fin:
+            pool[n_pool] = a
+            n_pool += 1
+        n_open += 1
+    if n_open == 0:
+        return -1, cost
+    spawned = n_open
+    ema = 0.0
+    w_start = 0  # ring buffer: window[w_start .. w_start + w_len) modulo t_ema
+    w_len = 0
+    for outer in range(max_rounds):
+        winner, top1, top2 = vote_stats_ids(pool, n_pool, scratch)
+        warm = outer >= warm_up
+        ema = (1 - alpha) * ema + alpha * conf_table[top1, top2]
+        if w_len < t_ema:
+            window[(w_start + w_len) % t_ema] = ema
+            w_len += 1
+        else:
+            window[w_start] = ema
+            w_start = (w_start + 1) % t_ema
+        n_live = 0
+        for i in range(n_open):
+            if not abandoned[i] and not finished[i]:
+                live[n_live] = i
+                n_live += 1
+        if warm and winner >= 0:
+            n_stale = 0
+            for j in range(n_live):
+                i = live[j]
+                if latest[i] != winner:
+                    disagree[i] += 1
+                else:
+                    disagree[i] = 0
+                if disagree[i] >= abandon_patience:
+                    order[n_stale] = i
+                    n_stale += 1
+            # stable sort of the stale branches by disagreement, highest first (insertion sort: n is small)
+            for x in range(1, n_stale):
+                v = order[x]
+                y = x - 1
+                while y >= 0 and disagree[order[y]] < disagree[v]:
+                    order[y + 1] = order[y]
+                    y -= 1
+                order[y + 1] = v
+            limit = min(n_stale, max(0, n_live - 2))
+            if limit > 0:
+                for x in range(limit):
+                    abandoned[order[x]] = True
+                m = 0
+                for j in range(n_live):
+                    if not abandoned[live[j]]:
+                        live[m] = live[j]
+                        m += 1
+                n_live = m
+        # deepest first, stable
+        for x in range(1, n_live):
+            v = live[x]
+            y = x - 1
+            while y >= 0 and probes[live[y]] < probes[v]:
+                live[y + 1] = live[y]
+                y -= 1
+            live[y + 1] = v
+        for j in range(n_live):
+            i = live[j]
+            burst = burst_aligned if (warm and winner >= 0 and latest[i] == winner) else 1
+            for _b in range(burst):
+                a, c, fin = step_branch(glob[i], depth[i], delta_tokens, branch_tokens, branch_final,
+                                        probe_offsets, probe_answers)
+                depth[i] += 1
+                cost += c
+                probes[i] += 1
+                latest[i] = a
+                if fin:
+                    finished[i] = True
+                    pool[n_pool] = a
+                    n_pool += 1
+                    break
+        winner, top1, top2 = vote_stats_ids(pool, n_pool, scratch)
+        ema = (1 - alpha) * ema + alpha * conf_table[top1, top2]
+        newest = (w_start + w_len - 1) % t_ema
+        window[newest] = ema
+        trend = window[newest] - window[w_start] if w_len >= 2 else 0.0
+        if warm and n_pool >= min_complete and ema >= conf_thresh and trend >= -delta_slack:
+            return winner, cost
+        done = True
+        for i in range(n_open):
+            if not (finished[i] or abandoned[i]):
+                done = False
+                break
+        if done:
+            break
+        if spawned < max_branch_use and trend <= trend_thresh and outer >= max(1, warm_up // 2) and ema < conf_thresh:
+            for _k in range(widen_burst):
+                if spawned >= cap or n_open >= n_avail:
+                    break
+                g = lo + perm[s, lo + n_open]
+                a, c, fin = step_branch(g, 0, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers)
+                glob[n_open] = g
+                depth[n_open] = 1
+                latest[n_open] = a
+                finished[n_open] = fin
+                abandoned[n_open] = False
+                probes[n_open] = 1
+                disagree[n_open] = 0
+                cost += c
+                if fin:
+                    pool[n_pool] = a
+                    n_pool += 1
+                n_open += 1
+                spawned += 1
+    if n_pool > 0:
+        return vote_stats_ids(pool, n_pool, scratch)[0], cost
+    m = 0
+    for i in range(n_open):
+        if not abandoned[i]:
+            order[m] = latest[i]
+            m += 1
+    tmp = np.empty(m, dtype=np.int32)
+    for i in range(m):
+        tmp[i] = order[i]
+    return vote_stats_ids(tmp, m, scratch)[0], cost
+
+
+@njit(cache=True, parallel=True)
+def _run(branch_offsets, interval, branch_tokens, branch_final, probe_offsets, probe_answers, vocab_sizes, perm,
+         conf_table, max_rounds, n_init, cap, max_branch_use, warm_up, abandon_patience, t_ema, alpha, conf_thresh,
+         delta_slack, burst_aligned, widen_burst, trend_thresh, min_complete):
+    n_seeds, n_q = perm.shape[0], branch_offsets.shape[0] - 1
+    answers = np.empty((n_seeds, n_q), dtype=np.int32)
+    costs = np.zeros((n_seeds, n_q), dtype=np.int64)
+    for s in prange(n_seeds):
+        for q in range(n_q):
+            lo = branch_offsets[q]
+            scratch = np.zeros(vocab_sizes[q], dtype=np.int64)
+            a, c = _episode(lo, branch_offsets[q + 1] - lo, s, interval[q], branch_tokens, branch_final,
+                            probe_offsets, probe_answers, perm, scratch, conf_table, max_rounds, n_init, cap,
+                            max_branch_use, warm_up, abandon_patience, t_ema, alpha, conf_thresh, delta_slack,
+                            burst_aligned, widen_burst, trend_thresh, min_complete)
+            answers[s, q] = a
+            costs[s, q] = c
+    return answers, costs

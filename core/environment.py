@@ -1,0 +1,361 @@
+"""The replay environment: compact numpy tables per (model, benchmark) and the question object controllers drive.
+
+Semantics (replay-spec §2). A branch with n probes and T tokens is a list of n + 1 steps:
+step k < n reveals probe k and costs the interval Δ; step n reveals the final answer, costs max(0, T − nΔ)
+and finishes the branch. Stepping a finished branch again is free. A full read reveals only the final
+answer and costs T.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+# Branch states in ReplayQuestion._depth (non-negative values are steps taken).
+_UNOPENED = -1
+_PRUNED = -2
+_FULL_READ = -3
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayEnvironment:
+    """One replay environment (a model on a benchmark) held as flat numpy arrays.
+
+    Answers are interned per question: `answer_vocab[q][id]` is the string of answer id `id` of question q.
+    Branch b of question q (stored order) is global branch `branch_offsets[q] + b`.
+    """
+
+    name: str
+    """Display name, `model/benchmark` (e.g. `Qwen3-0.6B/aime24`)."""
+    metadata: dict[str, Any]
+    """Model, benchmark, interval, sampling settings, collector version, `synthetic` flag …"""
+    questions: tuple[str, ...]
+    """Problem texts (never handed to controllers)."""
+    gold_answers: tuple[str | None, ...] | None
+    """Gold answers as normalised strings; None in a copy made for untrusted code (`without_gold`)."""
+    answer_vocab: tuple[tuple[str, ...], ...]
+    """Per question, the distinct answer strings; answers are stored as indices into this."""
+    gold_ids: np.ndarray
+    """int32[Q]: index of the gold answer in the question's vocabulary, −1 when no branch ever says it."""
+    interval: np.ndarray
+    """int64[Q]: the probe interval Δ in tokens."""
+    branch_offsets: np.ndarray
+    """int64[Q+1]: question q owns global branches branch_offsets[q] … branch_offsets[q+1]−1."""
+    branch_tokens: np.ndarray
+    """int64[B]: total tokens T of each branch."""
+    branch_final: np.ndarray
+    """int32[B]: final answer id of each branch."""
+    probe_offsets: np.ndarray
+    """int64[B+1]: branch b's probe answers are probe_answers[probe_offsets[b]:probe_offsets[b+1]]."""
+    probe_answers: np.ndarray
+    """int32[P]: probe answer ids, probe k of a branch taken after (k+1)·Δ tokens."""
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
+    """Optional per-probe float32[P] signals recorded by the collector (e.g. `mean_logprob`, `group_conf`)."""
+    source: str | None = None
+    """The file it was loaded from, if any."""
+
+    # ----- shape -------------------------------------------------------------------------------------------
+    @property
+    def n_questions(self) -> int:
+        return len(self.questions)
+
+    def n_branches(self, q: int) -> int:
+        return int(self.branch_offsets[q + 1] - self.branch_offsets[q])
+
+    @cached_property
+    def branch_counts(self) -> np.ndarray:
+        return np.diff(self.branch_offsets)
+
+    @cached_property
+    def branch_nprobes(self) -> np.ndarray:
+        return np.diff(self.probe_offsets).astype(np.int32)
+
+    # ----- views -------------------------------------------------------------------------------------------
+    def without_gold(self) -> ReplayEnvironment:
+        """A copy that holds no gold answers and no question texts: what untrusted controller code may see."""
+        return replace(
+            self,
+            gold_answers=None,
+            questions=tuple("" for _ in self.questions),
+            gold_ids=np.full_like(self.gold_ids, -1),
+        )
+
+    def subset(self, question_indices: list[int] | np.ndarray) -> ReplayEnvironment:
+        """A new environment holding only the given questions, in the given order."""
+        from core.store import environment_from_records, environment_records
+
+        records = environment_records(self)
+        return environment_from_records(
+            [records[int(i)] for i in question_indices], name=self.name, metadata=dict(self.metadata)
+        )
+
+    def branch_answers(self, q: int, b: int) -> tuple[list[str], int, str]:
+        """(probe answers, tokens, final answer) of stored branch b of question q, as strings."""
+        g = int(self.branch_offsets[q]) + b
+        vocab = self.answer_vocab[q]
+        lo, hi = int(self.probe_offsets[g]), int(self.probe_offsets[g + 1])
+        probes = [vocab[i] for i in self.probe_answers[lo:hi]]
+        return probes, int(self.branch_tokens[g]), vocab[int(self.branch_final[g])]
+
+    # ----- step tables for the Python question object --------------------------------------------------------
+    def step_tables(self, q: int) -> tuple[list[list[str]], list[list[int]], list[int]]:
+        """Per stored branch: answers of steps 0..n, costs of steps 0..n, total tokens. Built once, cached."""
+        cache = self._step_table_cache
+        tables = cache.get(q)
+        if tables is None:
+            tables = cache[q] = self._build_step_tables(q)
+        return tables
+
+    @cached_property
+    def _step_table_cache(self) -> dict[int, tuple[list[list[str]], list[list[int]], list[int]]]:
+        return {}
+
+    def _build_step_tables(self, q: int) -> tuple[list[list[str]], list[list[int]], list[int]]:
+        vocab = self.answer_vocab[q]
+        delta = int(self.interval[q])
+        lo_b, hi_b = int(self.branch_offsets[q]), int(self.branch_offsets[q + 1])
+        po = self.probe_offsets.tolist()
+        pa = self.probe_answers.tolist()
+        finals = self.branch_final.tolist()
+        tokens = self.branch_tokens[lo_b:hi_b].tolist()
+        answers: list[list[str]] = []
+        costs: list[list[int]] = []
+        for g in range(lo_b, hi_b):
+            ids = pa[po[g] : po[g + 1]]
+            n = len(ids)
+            answers.append([vocab[i] for i in ids] + [vocab[finals[g]]])
+            costs.append([delta] * n + [max(0, tokens[g - lo_b] - n * delta)])
+        return answers, costs, tokens
+
+    def question(self, q: int, seed: int, *, probe_cost: int = 0, trace: bool = False) -> ReplayQuestion:
+        """The question object a controller solves: question q with its branches shuffled by `seed`."""
+        answers, costs, tokens = self.step_tables(q)
+        order = shuffle_order(self.n_branches(q), seed)
+        cls = TracedReplayQuestion if trace else ReplayQuestion
+        return cls(answers, costs, tokens, order, int(self.interval[q]), probe_cost)
+
+
+_ORDER_CACHE: dict[tuple[int, int], list[int]] = {}
+
+
+def shuffle_order(n: int, seed: int) -> list[int]:
+    """Stored indices in the order a seed presents them: `random.Random(seed).shuffle` of the stored list."""
+    key = (n, seed)
+    order = _ORDER_CACHE.get(key)
+    if order is None:
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        if len(_ORDER_CACHE) > 4096:
+            _ORDER_CACHE.clear()
+        _ORDER_CACHE[key] = order
+    return order
+
+
+class ReplayQuestion:
+    """One question of one episode, as a controller sees it.
+
+    Two equivalent interfaces over the same state:
+
+    * the paper's API — `probe_new()`, `probe_more(i)`, `get_new_branch_final_answer()`,
+      `get_seq_and_total_tokens()` — so controllers written for the paper run unchanged;
+    * the step-by-step action API — `branch()` (BRANCH), `extend(i)` (CONTINUE), `probe(i)` (PROBE, costs
+      `probe_cost` tokens unless the branch has finished), `prune(i)` (PRUNE); returning from `solve` is ANSWER.
+
+    Branch indices count from 0 in opening order; full reads consume fresh branches too. The object holds no
+    gold answer; unrevealed cells live only in private tables (an audit re-runs episodes to catch peeking).
+    """
+
+    __slots__ = ("_answers", "_costs", "_tokens", "_order", "_depth", "_next", "_cost", "probe_freq", "_kappa")
+
+    def __init__(
+        self,
+        answers: list[list[str]],
+        costs: list[list[int]],
+        tokens: list[int],
+        order: list[int],
+        interval: int,
+        probe_cost: int = 0,
+    ):
+        self._answers = answers
+        self._costs = costs
+        self._tokens = tokens
+        self._order = order
+        self._depth = [_UNOPENED] * len(order)
+        self._next = 0
+        self._cost = 0
+        self.probe_freq = interval
+        self._kappa = probe_cost
+
+    # ----- the paper's API -----------------------------------------------------------------------------------
+    def probe_new(self) -> tuple[str, int, bool]:
+        """Open the next fresh branch and take its first step: (answer, branch index, finished)."""
+        i = self._next
+        if i >= len(self._order):
+            raise ValueError(f"no fresh branch left: all {len(self._order)} branches are opened or read")
+        self._next = i + 1
+        b = self._order[i]
+        self._depth[i] = 1
+        self._cost += self._costs[b][0]
+        answers = self._answers[b]
+        return answers[0], i, len(answers) == 1
+
+    def probe_more(self, i: int) -> tuple[str, bool]:
+        """Take the next step of opened branch i: (answer, finished). A finished branch answers again for free."""
+        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+            raise ValueError(self._bad_index(i))
+        b = self._order[i]
+        answers = self._answers[b]
+        n = len(answers) - 1
+        if d <= n:
+            self._cost += self._costs[b][d]
+            self._depth[i] = d + 1
+            return answers[d], d == n
+        return answers[n], True
+
+    def get_new_branch_final_answer(self) -> str:
+        """Read the next fresh branch in full (costs its total tokens) and return its final answer."""
+        i = self._next
+        if i >= len(self._order):
+            raise IndexError(f"no fresh branch left: all {len(self._order)} branches are opened or read")
+        self._next = i + 1
+        b = self._order[i]
+        self._depth[i] = _FULL_READ
+        self._cost += self._tokens[b]
+        return self._answers[b][-1]
+
+    def get_seq_and_total_tokens(self) -> tuple[int, int]:
+        """(0, tokens spent so far): the paper's signature, whose first element is always 0."""
+        return 0, self._cost
+
+    # ----- the action API ------------------------------------------------------------------------------------
+    def branch(self) -> int:
+        """BRANCH: open the next fresh branch through its first interval; returns its index (nothing revealed)."""
+        i = self._next
+        if i >= len(self._order):
+            raise ValueError(f"no fresh branch left: all {len(self._order)} branches are opened or read")
+        self._next = i + 1
+        self._depth[i] = 1
+        self._cost += self._costs[self._order[i]][0]
+        return i
+
+    def extend(self, i: int) -> bool:
+        """CONTINUE(i): advance branch i by one interval; returns whether it has finished."""
+        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+            raise ValueError(self._bad_index(i))
+        b = self._order[i]
+        n = len(self._answers[b]) - 1
+        if d <= n:
+            self._cost += self._costs[b][d]
+            self._depth[i] = d = d + 1
+        return d > n
+
+    def probe(self, i: int) -> str:
+        """PROBE(i): the answer branch i gives at its current depth (its final answer once finished)."""
+        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+            raise ValueError(self._bad_index(i))
+        answers = self._answers[self._order[i]]
+        if d < len(answers):
+            self._cost += self._kappa
+        return answers[d - 1]
+
+    def prune(self, i: int) -> None:
+        """PRUNE(i): deactivate branch i; it can no longer be extended or probed."""
+        if not 0 <= i < self._next or self._depth[i] < 0:
+            raise ValueError(self._bad_index(i))
+        self._depth[i] = _PRUNED
+
+    # ----- what a controller may observe -----------------------------------------------------------------------
+    def is_finished(self, i: int) -> bool:
+        """Whether opened branch i has produced its final answer."""
+        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+            raise ValueError(self._bad_index(i))
+        return d >= len(self._answers[self._order[i]])
+
+    def depth(self, i: int) -> int:
+        """Intervals generated so far by opened branch i."""
+        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+            raise ValueError(self._bad_index(i))
+        return d
+
+    @property
+    def fresh_branches_left(self) -> int:
+        """How many branches have not been opened or read yet."""
+        return len(self._order) - self._next
+
+    @property
+    def num_opened(self) -> int:
+        """How many branches have been opened or read so far."""
+        return self._next
+
+    def _bad_index(self, i: object) -> str:
+        if not isinstance(i, int | np.integer):
+            return f"branch index must be an int, got {type(i).__name__}"
+        if not 0 <= i < self._next:
+            return f"branch {i} is not open: valid indices are 0..{self._next - 1} (open one with probe_new/branch)"
+        state = self._depth[i]
+        if state == _PRUNED:
+            return f"branch {i} was pruned and cannot be stepped or probed"
+        return f"branch {i} was read in full with get_new_branch_final_answer and cannot be stepped"
+
+    def __repr__(self) -> str:
+        return f"<ReplayQuestion opened={self._next} tokens={self._cost}>"
+
+
+class TracedReplayQuestion(ReplayQuestion):
+    """A ReplayQuestion that also records every action as `(op, branch, cost, revealed answer or None)`.
+
+    Ops: `open` (probe_new), `step` (probe_more), `read` (full read), `branch`, `extend`, `probe`, `prune`.
+    """
+
+    __slots__ = ("events",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[str, int, int, str | None]] = []
+
+    def _log(self, op: str, i: int, before: int, answer: str | None) -> None:
+        self.events.append((op, int(i), self._cost - before, answer))
+
+    def probe_new(self) -> tuple[str, int, bool]:
+        before = self._cost
+        ans, i, fin = super().probe_new()
+        self._log("open", i, before, ans)
+        return ans, i, fin
+
+    def probe_more(self, i: int) -> tuple[str, bool]:
+        before = self._cost
+        ans, fin = super().probe_more(i)
+        self._log("step", i, before, ans)
+        return ans, fin
+
+    def get_new_branch_final_answer(self) -> str:
+        before = self._cost
+        ans = super().get_new_branch_final_answer()
+        self._log("read", self._next - 1, before, ans)
+        return ans
+
+    def branch(self) -> int:
+        before = self._cost
+        i = super().branch()
+        self._log("branch", i, before, None)
+        return i
+
+    def extend(self, i: int) -> bool:
+        before = self._cost
+        fin = super().extend(i)
+        self._log("extend", i, before, None)
+        return fin
+
+    def probe(self, i: int) -> str:
+        before = self._cost
+        ans = super().probe(i)
+        self._log("probe", i, before, ans)
+        return ans
+
+    def prune(self, i: int) -> None:
+        super().prune(i)
+        self._log("prune", i, self._cost, None)
