@@ -81,5 +81,9 @@ def load_controller_file(path: str | Path, options: dict[str, Any] | None = None
     except SyntaxError as e:
         raise ControllerSpecError(f"{p}:{e.lineno}: syntax error: {e.msg}") from None
     controller = instantiate(find_controller_class(module), dict(options or {}))
-    controller.name = getattr(controller, "name", None) or p.stem
+    if not getattr(controller, "name", None):
+        try:
+            controller.name = p.stem
+        except (AttributeError, TypeError):  # slotted or frozen classes keep their class name as label
+            pass
     return controller

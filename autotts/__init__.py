@@ -1,0 +1,1 @@
+"""autotts command-line entry point (`python -m autotts`)."""
