@@ -122,4 +122,7 @@ def _print_table(rows: list[dict[str, Any]], environments: list[Any], seeds: int
         ratio = row.get("tokens_vs_sc64")
         table.add_row(row["env"], row["controller"], f"{row['accuracy']:.2f}", f"{row['accuracy_std']:.2f}",
                       f"{row['avg_tokens']:,.0f}", "" if ratio is None else f"{ratio:.1%}")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
+        console = Console(width=max(console.width, 140))
+    console.print(table)
