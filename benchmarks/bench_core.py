@@ -96,6 +96,18 @@ class CMCInPaperHarness:
     def __call__(self, q): return self.c.solve(q)
     def description(self): return "cmc"
 t = time.perf_counter(); r = task.evaluate(CMCInPaperHarness()); out["our_cmc_in_paper_env"] = [time.perf_counter() - t, r["accuracy"], r["avg_cost"]]
+from data_loader import Question
+import json as _j
+infos = _j.load(open(os.path.join("test_environment", "Qwen3-0.6B", "aime25.json")))
+calls = 0; t = time.perf_counter()
+for seed in range(20):
+    for info in infos:
+        q = Question(info, seed=seed)
+        for _ in range(64):
+            _, i, fin = q.probe_new(); calls += 1
+            while not fin:
+                _, fin = q.probe_more(i); calls += 1
+out["per_call_ns"] = (time.perf_counter() - t) / calls * 1e9
 print(json.dumps(out))
 """
 
@@ -118,6 +130,15 @@ for spec in ("parallel-probe", "asc"):
     evaluate(env, spec)
     t = time.perf_counter(); r = evaluate(env, spec); out[spec + "_compiled"] = [time.perf_counter() - t, r.accuracy, r.avg_tokens]
     t = time.perf_counter(); r = evaluate(env, spec, fast=False); out[spec + "_python"] = [time.perf_counter() - t, r.accuracy, r.avg_tokens]
+calls = 0; t = time.perf_counter()
+for seed in range(20):
+    for qi in range(env.n_questions):
+        q = env.question(qi, seed)
+        for _ in range(64):
+            _, i, fin = q.probe_new(); calls += 1
+            while not fin:
+                _, fin = q.probe_more(i); calls += 1
+out["per_call_ns"] = (time.perf_counter() - t) / calls * 1e9
 print(json.dumps(out))
 """
     out = subprocess.run([sys.executable, "-c", code, str(replay_dir / "Qwen3-0.6B" / "aime25.json")], check=True,
@@ -155,6 +176,9 @@ def main() -> None:
             print(f"{spec}: paper evaluator {p:.2f} s | ours compiled {ours[spec + '_compiled'][0]:.3f} s "
                   f"({p / ours[spec + '_compiled'][0]:.0f}×) | ours Python {ours[spec + '_python'][0]:.2f} s "
                   f"({p / ours[spec + '_python'][0]:.1f}×)")
+        print(f"environment overhead per probe_new/probe_more call (64 branches run to the end, incl. question setup): "
+              f"paper {paper['per_call_ns']:.0f} ns, ours {ours['per_call_ns']:.0f} ns "
+              f"({paper['per_call_ns'] / ours['per_call_ns']:.1f}×)")
         cm = paper["our_cmc_in_paper_env"][0]
         print(f"our CMC solve() inside the paper's environment: {cm:.2f} s; in ours (Python) "
               f"{result['cmc_beta0.5_python_s']:.2f} s ({cm / result['cmc_beta0.5_python_s']:.1f}×), "
