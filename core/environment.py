@@ -205,8 +205,11 @@ class ReplayQuestion:
 
     def probe_more(self, i: int) -> tuple[str, bool]:
         """Take the next step of opened branch i: (answer, finished). A finished branch answers again for free."""
-        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
-            raise ValueError(self._bad_index(i))
+        try:
+            if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+                raise ValueError(self._bad_index(i))
+        except TypeError:  # a non-integer index; free when nothing is raised
+            raise ValueError(self._bad_index(i)) from None
         b = self._order[i]
         answers = self._answers[b]
         n = len(answers) - 1
@@ -244,8 +247,11 @@ class ReplayQuestion:
 
     def extend(self, i: int) -> bool:
         """CONTINUE(i): advance branch i by one interval; returns whether it has finished."""
-        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
-            raise ValueError(self._bad_index(i))
+        try:
+            if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+                raise ValueError(self._bad_index(i))
+        except TypeError:  # a non-integer index; free when nothing is raised
+            raise ValueError(self._bad_index(i)) from None
         b = self._order[i]
         n = len(self._answers[b]) - 1
         if d <= n:
@@ -255,8 +261,11 @@ class ReplayQuestion:
 
     def probe(self, i: int) -> str:
         """PROBE(i): the answer branch i gives at its current depth (its final answer once finished)."""
-        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
-            raise ValueError(self._bad_index(i))
+        try:
+            if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+                raise ValueError(self._bad_index(i))
+        except TypeError:  # a non-integer index; free when nothing is raised
+            raise ValueError(self._bad_index(i)) from None
         answers = self._answers[self._order[i]]
         if d < len(answers):
             self._cost += self._kappa
@@ -264,21 +273,30 @@ class ReplayQuestion:
 
     def prune(self, i: int) -> None:
         """PRUNE(i): deactivate branch i; it can no longer be extended or probed."""
-        if not 0 <= i < self._next or self._depth[i] < 0:
-            raise ValueError(self._bad_index(i))
+        try:
+            if not 0 <= i < self._next or self._depth[i] < 0:
+                raise ValueError(self._bad_index(i))
+        except TypeError:
+            raise ValueError(self._bad_index(i)) from None
         self._depth[i] = _PRUNED
 
     # ----- what a controller may observe -----------------------------------------------------------------------
     def is_finished(self, i: int) -> bool:
         """Whether opened branch i has produced its final answer."""
-        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
-            raise ValueError(self._bad_index(i))
+        try:
+            if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+                raise ValueError(self._bad_index(i))
+        except TypeError:  # a non-integer index; free when nothing is raised
+            raise ValueError(self._bad_index(i)) from None
         return d >= len(self._answers[self._order[i]])
 
     def depth(self, i: int) -> int:
         """Intervals generated so far by opened branch i."""
-        if not 0 <= i < self._next or (d := self._depth[i]) < 0:
-            raise ValueError(self._bad_index(i))
+        try:
+            if not 0 <= i < self._next or (d := self._depth[i]) < 0:
+                raise ValueError(self._bad_index(i))
+        except TypeError:  # a non-integer index; free when nothing is raised
+            raise ValueError(self._bad_index(i)) from None
         return d
 
     @property
@@ -292,8 +310,8 @@ class ReplayQuestion:
         return self._next
 
     def _bad_index(self, i: object) -> str:
-        if not isinstance(i, int | np.integer):
-            return f"branch index must be an int, got {type(i).__name__}"
+        if not isinstance(i, int | np.integer) or isinstance(i, bool):
+            return f"branch index must be an int, got {type(i).__name__} {i!r:.40}"
         if not 0 <= i < self._next:
             return f"branch {i} is not open: valid indices are 0..{self._next - 1} (open one with probe_new/branch)"
         state = self._depth[i]
