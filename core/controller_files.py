@@ -21,11 +21,23 @@ from core.errors import ControllerSpecError
 
 
 def load_module_from_source(source: str, module_name: str = "autotts_candidate", filename: str = "<candidate>") -> ModuleType:
-    """Execute controller source as a fresh module (not registered in sys.modules)."""
+    """Execute controller source as a fresh module.
+
+    It is registered in sys.modules while it runs (dataclasses look their module up there), and compiled with
+    `dont_inherit` so this file's `from __future__` imports do not leak into the candidate.
+    """
     module = ModuleType(module_name)
     module.__file__ = filename
-    code = compile(source, filename, "exec")
-    exec(code, module.__dict__)
+    code = compile(source, filename, "exec", dont_inherit=True)
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if previous is None:
+            sys.modules.pop(module_name, None)
+        else:
+            sys.modules[module_name] = previous
     return module
 
 

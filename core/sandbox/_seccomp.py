@@ -1,0 +1,117 @@
+"""A small ctypes binding for libseccomp: a deny-list filter for the sandbox worker.
+
+Blocked calls fail with EPERM (not a kill, so the controller gets a readable PermissionError): process creation
+(fork, vfork, clone without CLONE_THREAD, execve), sockets, ptrace and cross-process memory, namespaces and mounts,
+kernel keyrings, BPF, perf, io_uring, resource-limit changes, signals to other processes, sessions and uid changes.
+`clone3` answers ENOSYS (BPF cannot read its flags; glibc then falls back to `clone`). Threads keep working.
+The filter is synchronised to every thread of the process (TSYNC) and sets no_new_privs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+_ACT_ALLOW = 0x7FFF0000
+_FLTATR_CTL_TSYNC = 4
+_CMP_MASKED_EQ = 7
+_CLONE_THREAD = 0x00010000
+
+DENIED = (
+    "fork", "vfork", "execve", "execveat",
+    "socket", "socketpair",
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_getfd", "pidfd_send_signal",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen",
+    "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "bpf", "keyctl", "add_key", "request_key", "userfaultfd", "perf_event_open",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "setrlimit", "prlimit64",
+    "kill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "setsid", "setpgid",
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "setfsuid", "setfsgid",
+    "capset",
+    "mknod", "mknodat", "name_to_handle_at", "open_by_handle_at",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "acct", "quotactl", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+    "fanotify_init", "lookup_dcookie", "iopl", "ioperm", "syslog", "uselib", "personality",
+)
+"""Calls answered with EPERM. `tgkill` stays allowed: raise() and abort() use it on the process itself."""
+
+LIBRARY_CANDIDATES = (
+    "libseccomp.so.2",
+    "/usr/lib/x86_64-linux-gnu/libseccomp.so.2",
+    "/lib/x86_64-linux-gnu/libseccomp.so.2",
+    "/usr/lib/aarch64-linux-gnu/libseccomp.so.2",
+    "/usr/lib64/libseccomp.so.2",
+    "/usr/lib/libseccomp.so.2",
+)
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+def _errno_action(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+def load_library(extra: str | None = None) -> ctypes.CDLL:
+    """libseccomp, looked up without `ctypes.util.find_library` (which needs ldconfig and /etc)."""
+    names = ((extra,) if extra else ()) + LIBRARY_CANDIDATES
+    last: OSError | None = None
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            last = e
+            continue
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_attr_set.restype = ctypes.c_int
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_rule_add_array.restype = ctypes.c_int
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        lib.seccomp_load.restype = ctypes.c_int
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_release.restype = None
+        return lib
+    raise OSError(f"libseccomp.so.2 could not be loaded ({last})")
+
+
+def install(lib: ctypes.CDLL) -> int:
+    """Load the deny-list filter into this process (all threads). Returns how many rules were added."""
+    ctx = lib.seccomp_init(_ACT_ALLOW)
+    if not ctx:
+        raise OSError("seccomp_init failed")
+    try:
+        if lib.seccomp_attr_set(ctx, _FLTATR_CTL_TSYNC, 1) != 0:
+            raise OSError("seccomp: thread synchronisation (TSYNC) is not supported")
+        deny = _errno_action(errno.EPERM)
+        n = 0
+
+        def add(name: str, action: int, *conds: _ArgCmp) -> None:
+            nonlocal n
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr == -1:  # __NR_SCMP_ERROR: no such call on this architecture, nothing to block
+                return
+            arr = (_ArgCmp * len(conds))(*conds) if conds else None
+            rc = lib.seccomp_rule_add_array(ctx, action, nr, len(conds), arr)
+            if rc != 0:
+                raise OSError(-rc, f"seccomp rule for {name} failed: rc {rc}")
+            n += 1
+
+        for name in DENIED:
+            add(name, deny)
+        # clone without CLONE_THREAD creates a process; clone for a thread is allowed.
+        add("clone", deny, _ArgCmp(arg=0, op=_CMP_MASKED_EQ, datum_a=_CLONE_THREAD, datum_b=0))
+        add("clone3", _errno_action(errno.ENOSYS))
+        rc = lib.seccomp_load(ctx)
+        if rc != 0:
+            raise OSError(-rc, f"seccomp_load failed: rc {rc}")
+        return n
+    finally:
+        lib.seccomp_release(ctx)

@@ -1,0 +1,12 @@
+"""The autotts MCP server: discovery tools over a study (`build_server`), and the plain tool functions
+(`mcp_server.tools`) that any agent loop can call."""
+
+from mcp_server.service import DiscoveryService, ToolInputError
+
+__all__ = ["DiscoveryService", "ToolInputError", "build_server"]
+
+
+def build_server(*args, **kwargs):  # noqa: ANN002, ANN003 - lazy so that `import mcp_server` needs no MCP SDK
+    from mcp_server.server import build_server as _build
+
+    return _build(*args, **kwargs)

@@ -1,0 +1,384 @@
+"""The discovery service: one study, its run store, the baselines cache and the evaluation queue.
+
+The MCP server and the (future) `autotts discover` loop both drive a `DiscoveryService`; tool logic lives in
+`mcp_server.tools` as plain functions over it. Evaluations are serialised by a lock: the sandbox already uses
+every core, so a second `run_controller` waits its turn (and says how long it waited) rather than competing.
+Held-out environments are never loaded here except by `evaluate_heldout`, which only the CLI calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from core.environment import ReplayEnvironment
+from core.errors import AutoTTSError
+from core.evaluate import evaluate, score
+from core.runstore import EpisodeArrays, ResultRow, RunRecord, RunStore, format_run_id, source_sha256
+from core.stats import Point, frontier_position, pareto_frontier
+from core.study import Study
+
+log = logging.getLogger(__name__)
+
+BASELINE_SPECS: tuple[tuple[str, str], ...] = (
+    ("sc:n=64", "SC@64"), ("asc", "ASC"), ("esc", "ESC"), ("parallel-probe", "Parallel-Probe"))
+"""(spec, label) of the fixed baselines of Table 1; CMC is added at every β of the study's grid."""
+SC64 = "sc:n=64"
+
+Progress = Callable[[float, float | None, str], None]
+"""progress(done, total or None, message)."""
+
+
+class ToolInputError(AutoTTSError):
+    """Bad tool input (unknown run id, held-out environment, malformed argument): the message names the fix."""
+
+
+def beta_label(beta: float) -> str:
+    return f"beta={beta:g}"
+
+
+def cmc_spec(beta: float) -> str:
+    return f"cmc:beta={beta:g}"
+
+
+@dataclass
+class Evaluation:
+    """What one run_controller call produced, before it is rendered for the agent."""
+
+    run_id: int
+    status: str
+    name: str
+    betas: list[float]
+    envs: list[str]
+    rows: list[ResultRow] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
+    seconds: float = 0.0
+    queued_s: float = 0.0
+    isolation: dict[str, Any] = field(default_factory=dict)
+    audit: dict[str, Any] = field(default_factory=dict)
+    stdout_tail: str | None = None
+    duplicate_of: int | None = None
+
+
+class DiscoveryService:
+    """Everything the tools need: the study, its store, sandbox settings, baselines, and the evaluation lock."""
+
+    def __init__(self, study: Study, *, store: RunStore | None = None, sandbox: ModuleType | Any | None = None,
+                 settings: Any | None = None):
+        self.study = study
+        self.store = store or RunStore(study.store_path)
+        self._sandbox = sandbox
+        self._settings = settings
+        self._eval_lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._baseline_lock = threading.Lock()
+        self._baselines: dict[tuple[str, str], tuple[float, float, EpisodeArrays]] = {}
+
+    # ----- sandbox -------------------------------------------------------------------------------------------
+    @property
+    def sandbox(self) -> Any:
+        if self._sandbox is None:
+            try:
+                import core.sandbox as sandbox
+            except ImportError as e:  # pragma: no cover - the sandbox ships with the package
+                raise AutoTTSError(f"the candidate sandbox (core.sandbox) is not available: {e}") from e
+            self._sandbox = sandbox
+        return self._sandbox
+
+    @property
+    def settings(self) -> Any:
+        if self._settings is None:
+            box = self.study.sandbox
+            cls = self.sandbox.SandboxSettings
+            known = getattr(cls, "__dataclass_fields__", None) or getattr(cls, "model_fields", None) or box
+            self._settings = cls(**{k: v for k, v in box.items() if k in known})
+        return self._settings
+
+    # ----- environments ----------------------------------------------------------------------------------------
+    def resolve_envs(self, names: Sequence[str] | None) -> list[ReplayEnvironment]:
+        """Search environments by name (all when None); held-out or unknown names raise ToolInputError."""
+        if names is None or len(names) == 0:
+            return self.study.search_envs()
+        self.check_env_names(names)
+        return self.study.search_envs(list(dict.fromkeys(names)))
+
+    def check_env_names(self, names: Sequence[str]) -> None:
+        for n in names:
+            if not isinstance(n, str):
+                raise ToolInputError(f"environment names are strings, got {type(n).__name__}; see list_environments")
+            if n in self.study.heldout_names:
+                raise ToolInputError(
+                    f"'{n[:80]}' is a held-out environment: held-out environments are never evaluated, listed or "
+                    "traced through these tools (a person evaluates finished candidates on them with `autotts "
+                    "heldout`). Use a search environment from list_environments")
+            if n not in self.study.search_names:
+                raise ToolInputError(f"unknown environment '{n[:80]}'; the search environments are: "
+                                     + ", ".join(self.study.search_names))
+
+    # ----- baselines -------------------------------------------------------------------------------------------
+    def baseline_specs(self) -> list[tuple[str, str]]:
+        return list(BASELINE_SPECS) + [(cmc_spec(b), f"CMC β={b:g}") for b in self.study.betas]
+
+    def baseline(self, env: ReplayEnvironment, spec: str) -> tuple[float, float, EpisodeArrays]:
+        """(accuracy, avg_tokens, episodes) of a built-in on a search environment; cached in memory and the store."""
+        key = (env.name, spec)
+        got = self._baselines.get(key)
+        if got is not None:
+            return got
+        with self._baseline_lock:
+            got = self._baselines.get(key)
+            if got is not None:
+                return got
+            entry = self.study.entry(env.name)
+            env_key = self.study.fingerprint(entry) if entry else env.name
+            seeds_key = f"range({self.study.n_seeds})"
+            cached = self.store.baseline(env_key, spec, seeds_key, with_episodes=True)
+            if cached is not None:
+                got = (cached[0], cached[1], cached[2])
+            else:
+                res = evaluate(env, spec, self.study.seeds)
+                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct, None)
+                self.store.record_baseline(env_key, env.name, spec, seeds_key, res.accuracy, res.avg_tokens, ep)
+                got = (res.accuracy, res.avg_tokens, ep)
+            self._baselines[key] = got
+            return got
+
+    def baseline_points(self, envs: Sequence[ReplayEnvironment]) -> list[Point]:
+        """Search-set average of each baseline setting over `envs`."""
+        points = []
+        for spec, label in self.baseline_specs():
+            vals = [self.baseline(e, spec) for e in envs]
+            points.append(Point(float(np.mean([v[1] for v in vals])), round(float(np.mean([v[0] for v in vals])), 2),
+                                label))
+        return points
+
+    # ----- evaluation ------------------------------------------------------------------------------------------
+    @property
+    def busy_since(self) -> float | None:
+        return self._busy_since
+
+    def evaluate_candidate(self, code: str, name: str, betas: Sequence[float], envs: Sequence[ReplayEnvironment],
+                           progress: Progress | None = None) -> Evaluation:
+        """Run a (pre-checked) candidate in the sandbox on the search environments and record it in one transaction."""
+        report = progress or (lambda d, t, m: None)
+        queued_at = time.time()
+        if self._eval_lock.locked():
+            report(0, None, "queued: another evaluation is running; this one starts when it ends")
+        with self._eval_lock:
+            started = time.time()
+            self._busy_since = started
+            try:
+                ev = self._evaluate_locked(code, name, list(betas), list(envs), report, started)
+            finally:
+                self._busy_since = None
+        ev.queued_s = round(started - queued_at, 3)
+        return ev
+
+    def _evaluate_locked(self, code: str, name: str, betas: list[float], envs: list[ReplayEnvironment],
+                         report: Progress, started: float) -> Evaluation:
+        env_names = [e.name for e in envs]
+        last = [0.0]
+
+        def on_progress(done: float, total: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.5 or done >= total:
+                last[0] = now
+                report(done, total, f"{int(done)}/{int(total)} (environment, β) units")
+
+        report(0, None, f"evaluating on {len(envs)} environment(s) × {len(betas)} β")
+        # Baselines first (in-process, compiled, ~0.05 s each, cached): they never see candidate code.
+        for env in envs:
+            for spec, _ in self.baseline_specs():
+                self.baseline(env, spec)
+        run = self.sandbox.run_candidate(code, envs, [{"beta": b} for b in betas], seeds=self.study.seeds,
+                                         settings=self.settings, progress=on_progress)
+        seconds = float(getattr(run, "seconds", 0.0) or (time.time() - started))
+        isolation = dict(getattr(run, "isolation", None) or {})
+        audit = dict(getattr(run, "audit", None) or {})
+        stdout_tail = getattr(run, "stdout_tail", None) or None
+        base = dict(name=name, source=code, created=started, betas=betas, envs=env_names, isolation=isolation,
+                    audit=audit, seconds=seconds, stdout_tail=stdout_tail)
+        if not run.ok:
+            error = _with_hint(run.error or "the evaluation failed", isolation.get("ended_by"))
+            rid = self.store.record_run(RunRecord(status="error", finished=time.time(), error=error,
+                                                  traceback=run.traceback, **base))
+            return Evaluation(rid, "error", name, betas, env_names, error=error,
+                              traceback=run.traceback, seconds=seconds, isolation=isolation, audit=audit,
+                              stdout_tail=stdout_tail)
+        rows: list[ResultRow] = []
+        for env in envs:
+            for b in betas:
+                label = beta_label(b)
+                episodes = run.results[(env.name, label)]
+                opened = run.opened.get((env.name, label)) if getattr(run, "opened", None) else None
+                res = score(env, episodes, controller=label)
+                max_opened = int(np.max(opened)) if opened is not None and np.size(opened) else None
+                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct,
+                                   None if opened is None else np.asarray(opened, dtype=np.int32))
+                rows.append(ResultRow(env.name, b, res.accuracy, res.avg_tokens, ep, "search", max_opened))
+        status, error = "ok", None
+        if audit and audit.get("passed") is False:
+            status, error = "refused", _audit_refusal(audit)
+        over = [(r.env, r.beta, r.max_opened) for r in rows
+                if r.max_opened is not None and r.max_opened > self.study.max_branches]
+        if status == "ok" and over:
+            env_name, b, n = over[0]
+            status = "refused"
+            error = (f"opened {n} branches on one question ({env_name}, β={b:g}); the ceiling is "
+                     f"{self.study.max_branches} per question. Cap the branches your controller opens "
+                     f"(count probe_new / branch / get_new_branch_final_answer calls)")
+        summary = self.summarise(rows, envs, betas)
+        rid = self.store.record_run(RunRecord(status=status, finished=time.time(), error=error, results=rows,
+                                              summary=summary, **base))
+        return Evaluation(rid, status, name, betas, env_names, rows, summary, error, None, seconds,
+                          isolation=isolation, audit=audit, stdout_tail=stdout_tail)
+
+    def summarise(self, rows: Sequence[ResultRow], envs: Sequence[ReplayEnvironment], betas: Sequence[float]
+                  ) -> dict[str, Any]:
+        """Search averages per β, their frontier position against the baselines, monotonicity, best point."""
+        frontier = pareto_frontier(self.baseline_points(envs))
+        by = {(r.env, r.beta): r for r in rows}
+        per_beta = []
+        for b in betas:
+            accs = [by[(e.name, b)].accuracy for e in envs]
+            toks = [by[(e.name, b)].avg_tokens for e in envs]
+            acc, tok = round(float(np.mean(accs)), 2), float(np.mean(toks))
+            pos = frontier_position(tok, acc, frontier)
+            per_beta.append({"beta": b, "accuracy": acc, "avg_tokens": round(tok, 1), **_compact_position(pos)})
+        violations = []
+        for e in envs:
+            seq = [(b, by[(e.name, b)].avg_tokens) for b in sorted(betas)]
+            violations += [f"{e.name}: β {b0:g}→{b1:g} tokens {t0:,.0f}→{t1:,.0f}"
+                           for (b0, t0), (b1, t1) in zip(seq, seq[1:], strict=False) if t1 < t0]
+        avg = [(p["beta"], p["avg_tokens"]) for p in sorted(per_beta, key=lambda p: p["beta"])]
+        violations += [f"search average: β {b0:g}→{b1:g} tokens {t0:,.0f}→{t1:,.0f}"
+                       for (b0, t0), (b1, t1) in zip(avg, avg[1:], strict=False) if t1 < t0]
+        best = max(per_beta, key=lambda p: (p["accuracy"], -p["avg_tokens"]))
+        return {
+            "per_beta": per_beta,
+            "best": {"beta": best["beta"], "accuracy": best["accuracy"], "avg_tokens": best["avg_tokens"]},
+            "monotone": not violations,
+            "monotone_violations": violations[:6],
+            "on_frontier": sum(1 for p in per_beta if not p["dominated"]),
+            "above_frontier": sum(1 for p in per_beta if (p.get("accuracy_gap") or 0) > 0),
+            "frontier": [{"label": p.label, "accuracy": p.accuracy, "avg_tokens": round(p.tokens, 1)}
+                         for p in frontier],
+        }
+
+    def duplicate_of(self, code: str, betas: Sequence[float], env_names: Sequence[str]) -> dict[str, Any] | None:
+        """An earlier scored run of the same source on the same β and environments, if any."""
+        for run in reversed(self.store.find_by_sha(source_sha256(code))):
+            if run["status"] in ("ok", "refused") and sorted(run["betas"]) == sorted(betas) \
+                    and list(run["envs"]) == list(env_names):
+                return run
+        return None
+
+    # ----- held-out (CLI only) ---------------------------------------------------------------------------------
+    def evaluate_heldout(self, run_id: int, progress: Progress | None = None) -> dict[str, Any]:
+        """Evaluate a recorded candidate on the held-out environments (never reachable from the MCP tools)."""
+        if not self.study.heldout:
+            raise AutoTTSError("this study has no held-out environments; create it with --heldout PATH")
+        run = self.store.run(run_id)
+        if run["status"] != "ok":
+            raise AutoTTSError(f"{format_run_id(run['id'])} has status '{run['status']}' ({run['error']}); "
+                               "only scored runs can be evaluated on held-out environments")
+        envs = self.study.heldout_envs()
+        betas = list(run["betas"])
+        report = progress or (lambda d, t, m: None)
+        with self._eval_lock:
+            out = self.sandbox.run_candidate(run["source"], envs, [{"beta": b} for b in betas],
+                                             seeds=self.study.seeds, settings=self.settings,
+                                             progress=lambda d, t: report(d, t, "held-out"))
+        if not out.ok:
+            raise AutoTTSError(f"{format_run_id(run['id'])} failed on the held-out environments: {out.error}")
+        if (out.audit or {}).get("passed") is False:
+            raise AutoTTSError(f"{format_run_id(run['id'])} failed the oracle audit on the held-out environments")
+        rows = []
+        for env in envs:
+            for b in betas:
+                res = score(env, out.results[(env.name, beta_label(b))], controller=beta_label(b))
+                opened = out.opened.get((env.name, beta_label(b))) if getattr(out, "opened", None) else None
+                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct,
+                                   None if opened is None else np.asarray(opened, dtype=np.int32))
+                rows.append(ResultRow(env.name, b, res.accuracy, res.avg_tokens, ep, "heldout",
+                                      None if opened is None else int(np.max(opened))))
+        baselines = {}
+        for env in envs:
+            for spec, label in self.baseline_specs():
+                r = evaluate(env, spec, self.study.seeds)
+                baselines.setdefault(label, []).append((r.accuracy, r.avg_tokens))
+        points = [Point(float(np.mean([t for _, t in v])), round(float(np.mean([a for a, _ in v])), 2), k)
+                  for k, v in baselines.items()]
+        frontier = pareto_frontier(points)
+        per_beta = []
+        for b in betas:
+            sel = [r for r in rows if r.beta == b]
+            acc = round(float(np.mean([r.accuracy for r in sel])), 2)
+            tok = float(np.mean([r.avg_tokens for r in sel]))
+            per_beta.append({"beta": b, "accuracy": acc, "avg_tokens": round(tok, 1),
+                             **_compact_position(frontier_position(tok, acc, frontier))})
+        summary = {"envs": [e.name for e in envs], "per_beta": per_beta,
+                   "baselines": [{"label": p.label, "accuracy": p.accuracy, "avg_tokens": round(p.tokens, 1)}
+                                 for p in points], "evaluated": time.time()}
+        self.store.add_results(run["id"], rows, summary_key="heldout", summary=summary)
+        return {"run_id": format_run_id(run["id"]), "name": run["name"],
+                "per_env": [{"env": r.env, "beta": r.beta, "accuracy": r.accuracy,
+                             "avg_tokens": round(r.avg_tokens, 1)} for r in rows], **summary}
+
+
+def _compact_position(pos: dict[str, Any]) -> dict[str, Any]:
+    """frontier_position's dict, trimmed to what an agent needs."""
+    cheapest = pos.get("cheapest_baseline_at_least_as_accurate")
+    return {
+        "dominated": bool(pos.get("dominated")),
+        "accuracy_gap": pos.get("accuracy_gap"),
+        "vs": None if not cheapest else cheapest.get("label"),
+        "tokens_saved": pos.get("tokens_saved_vs_that_baseline"),
+    }
+
+
+def _count(value: Any) -> int:
+    """The sandbox reports audit mismatches as a list of episodes (older stand-ins: a count)."""
+    return len(value) if isinstance(value, list | tuple) else int(value or 0)
+
+
+_HINTS = {
+    "timeout": " — does solve() return on every question? The limit covers the whole evaluation (every environment "
+               "and β, plus the audit); pass fewer betas or envs for quick checks",
+    "SIGXCPU": " — does solve() return on every question? Loops must end when branches run out",
+    "oom": " — keep per-question state small; the sandbox limits memory",
+}
+
+
+def _with_hint(error: str, ended_by: str | None) -> str:
+    hint = _HINTS.get(ended_by or "")
+    if hint is None and "memory limit" in error:
+        hint = _HINTS["oom"]
+    return error + (hint or "")
+
+
+def _audit_refusal(audit: dict[str, Any]) -> str:
+    """Why a run whose integrity audit failed is refused, naming the first offending episode."""
+    if audit.get("error"):
+        return (f"the integrity audit could not complete ({str(audit['error'])[:300]}), so the score is refused. "
+                "The audit re-runs episodes in a worker that holds no replay data; make sure the controller only "
+                "calls the question's public methods")
+    mismatches = audit.get("mismatches") or []
+    first = ""
+    if isinstance(mismatches, list) and mismatches and isinstance(mismatches[0], dict):
+        m = mismatches[0]
+        first = (f" First: {m.get('env')} {m.get('options')} seed {m.get('seed')} question {m.get('question')}: "
+                 f"{str(m.get('reason'))[:200]}.")
+    return (f"audit failed: {_count(mismatches)} of {audit.get('checked')} re-run episodes acted differently when "
+            "unrevealed data was withheld, which means the controller reads data it was not shown (oracle use) or "
+            f"is not deterministic.{first} Its score is refused; decide only from what probe_new/probe_more/"
+            "get_new_branch_final_answer return, and seed any randomness")
