@@ -1,0 +1,309 @@
+"""What the TUI shows, read from a study folder without writing to it (no Textual here).
+
+`StudyReader` opens the study configuration and its run store read-only and turns runs into `Candidate`
+rows. `poll()` returns only what changed since the previous call (new runs, runs that gained result rows,
+the progress of an evaluation in flight, new log lines), so a polling worker can call it twice a second.
+
+Two optional files in the study folder feed the live panes (written by whatever evaluates candidates):
+
+* `progress.json` — the evaluation in flight, replaced atomically as it advances::
+
+      {"run": "cand-name", "state": "running", "started": 1700000000.0, "updated": 1700000012.5,
+       "done": 120, "total": 700, "unit": "episodes", "message": "cmc β=0.5 on demo[0::2]"}
+
+  `state` is running | done | error; a `running` file not updated for `STALE_AFTER_S` seconds is shown
+  as stalled.
+* `server.log` — a plain-text log; its new lines are tailed into the log pane.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from core.environment import ReplayEnvironment
+from core.runstore import ResultRow, RunStore
+from core.stats import is_monotone
+from core.study import Study
+
+PROGRESS_FILE = "progress.json"
+LOG_FILE = "server.log"
+STALE_AFTER_S = 120.0
+MAX_INITIAL_LOG_LINES = 200
+
+
+@dataclass(frozen=True)
+class BetaScore:
+    """A candidate at one β on the search set: means over the search environments."""
+
+    beta: float
+    accuracy: float
+    """Percent: the mean over environments of each environment's reported accuracy."""
+    tokens: float
+    """Mean over environments of the mean tokens per question."""
+    n_envs: int
+
+
+@dataclass
+class Candidate:
+    """One run of the store as a leaderboard row."""
+
+    id: int
+    run_id: str
+    name: str
+    status: str
+    """ok | error | refused."""
+    created: float
+    finished: float
+    error: str | None
+    sha256: str
+    scores: dict[float, BetaScore]
+    """β → search-set score (empty for failed runs)."""
+    env_scores: dict[str, dict[float, tuple[float, float]]]
+    """Search environment → β → (accuracy, tokens), for per-environment plots."""
+    best: BetaScore | None
+    """The discovery objective: the highest search accuracy over β, fewest tokens on ties (the server's
+    summary wins when it records one)."""
+    monotone: bool | None
+    """Whether tokens rise with β (the single-knob rule); None with fewer than two β."""
+    envs: list[str] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
+    seconds: float | None = None
+    audit_passed: bool | None = None
+
+    def score_at(self, beta: float) -> BetaScore | None:
+        for b, s in self.scores.items():
+            if abs(b - beta) < 1e-9:
+                return s
+        return None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.best is not None
+
+    def objective_key(self) -> tuple[float, float, int]:
+        """Ascending sort key: best accuracy first, then fewer tokens, then older."""
+        if self.best is None:
+            return (math.inf, math.inf, -self.id)
+        return (-self.best.accuracy, self.best.tokens, self.id)
+
+
+def beta_scores(results: Iterable[ResultRow]) -> dict[float, BetaScore]:
+    """Average search-split result rows over environments, per β (β ascending)."""
+    by_beta: dict[float, list[ResultRow]] = defaultdict(list)
+    for r in results:
+        if r.split == "search":
+            by_beta[round(float(r.beta), 9)].append(r)
+    return {
+        b: BetaScore(b, sum(r.accuracy for r in rows) / len(rows), sum(r.avg_tokens for r in rows) / len(rows),
+                     len(rows))
+        for b, rows in sorted(by_beta.items())
+    }
+
+
+def candidate_from_run(run: dict[str, Any], results: list[ResultRow]) -> Candidate:
+    """Build a leaderboard row from a run dict (`RunStore.runs_since`) and its search result rows."""
+    scores = beta_scores(results) if run["status"] == "ok" else {}
+    env_scores: dict[str, dict[float, tuple[float, float]]] = defaultdict(dict)
+    if run["status"] == "ok":
+        for r in results:
+            if r.split == "search":
+                env_scores[r.env][round(float(r.beta), 9)] = (float(r.accuracy), float(r.avg_tokens))
+    summary = run.get("summary") or {}
+    best = None
+    if scores:
+        best_b = min(scores.values(), key=lambda s: (-s.accuracy, s.tokens, s.beta))
+        recorded = summary.get("best") if isinstance(summary, dict) else None
+        if isinstance(recorded, dict) and recorded.get("accuracy") is not None:
+            best = BetaScore(float(recorded.get("beta", best_b.beta)), float(recorded["accuracy"]),
+                             float(recorded.get("avg_tokens", best_b.tokens)), best_b.n_envs)
+        else:
+            best = best_b
+    monotone = summary.get("monotone") if isinstance(summary, dict) else None
+    if not isinstance(monotone, bool):
+        monotone = is_monotone([s.tokens for s in scores.values()]) if len(scores) >= 2 else None
+    audit = run.get("audit") or {}
+    return Candidate(
+        id=int(run["id"]), run_id=str(run.get("run_id") or f"r{int(run['id']):04d}"), name=str(run["name"]),
+        status=str(run["status"]), created=float(run["created"]), finished=float(run["finished"]),
+        error=run.get("error"), sha256=str(run.get("sha256", "")), scores=scores, env_scores=dict(env_scores), best=best, monotone=monotone,
+        envs=list(run.get("envs") or []), betas=[float(b) for b in run.get("betas") or []],
+        seconds=run.get("seconds"), audit_passed=audit.get("passed") if isinstance(audit, dict) else None,
+    )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The evaluation in flight, from `progress.json`."""
+
+    run: str
+    state: str
+    started: float | None
+    updated: float | None
+    done: int
+    total: int
+    unit: str = "episodes"
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
+
+    def stalled(self, now: float) -> bool:
+        return self.state == "running" and self.updated is not None and now - self.updated > STALE_AFTER_S
+
+
+def read_progress(path: Path) -> Progress | None:
+    """Parse a progress file; None when absent or unreadable (mid-write files are replaced atomically)."""
+    try:
+        d = orjson.loads(path.read_bytes())
+        return Progress(
+            run=str(d.get("run", "")), state=str(d.get("state", "running")),
+            started=None if d.get("started") is None else float(d["started"]),
+            updated=None if d.get("updated") is None else float(d["updated"]),
+            done=int(d.get("done", 0)), total=int(d.get("total", 0)), unit=str(d.get("unit", "episodes")),
+            message=str(d.get("message", "")),
+        )
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+@dataclass
+class Update:
+    """What changed since the previous poll."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    """New runs and runs that gained result rows (replace any row with the same id)."""
+    new_ids: set[int] = field(default_factory=set)
+    """Which of `candidates` are new runs."""
+    progress: Progress | None = None
+    log_lines: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class CandidateDetail:
+    """Everything the candidate pane shows for one run."""
+
+    run: dict[str, Any]
+    """The run dict with its source."""
+    results: list[ResultRow]
+    """All splits."""
+    predecessor: dict[str, Any] | None
+    """The run it most likely revised (see `StudyReader.predecessor`), with source."""
+    recorded_traces: list[tuple[str, float, int, int]]
+    predecessor_reason: str = ""
+    """Why that run: `same name` or `most similar earlier source`."""
+
+
+class StudyReader:
+    """Read-only access to one study folder. `poll()` is meant for one worker thread at a time."""
+
+    def __init__(self, folder: str | os.PathLike, *, progress_file: str | os.PathLike | None = None,
+                 log_file: str | os.PathLike | None = None):
+        from autotts_tui.queries import ReadOnlyQueries
+
+        self.study = Study.open(folder)
+        self.folder = self.study.folder
+        self.store = RunStore(self.study.store_path, readonly=True)
+        self.queries = ReadOnlyQueries(self.study.store_path)
+        self.progress_path = Path(progress_file) if progress_file else self.folder / PROGRESS_FILE
+        self.log_path = Path(log_file) if log_file else self.folder / LOG_FILE
+        self._last_run_id = 0
+        self._last_result_rowid = 0
+        self._log_offset: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def close(self) -> None:
+        self.store.close()
+        self.queries.close()
+
+    # ----- polling -----------------------------------------------------------------------------------------
+    def poll(self) -> Update:
+        update = Update()
+        runs = []
+        while True:  # page through a large backlog on the first poll
+            batch = self.store.runs_since(self._last_run_id)
+            if not batch:
+                break
+            runs.extend(batch)
+            self._last_run_id = int(batch[-1]["id"])
+        touched, top = self.queries.results_touched_since(self._last_result_rowid)
+        self._last_result_rowid = top
+        new_ids = {int(r["id"]) for r in runs}
+        for run in runs:
+            update.candidates.append(candidate_from_run(run, self.store.results(run["id"], split="search")))
+        for rid in sorted(touched - new_ids):
+            if rid <= self._last_run_id:
+                run = self.store.run(rid, with_source=False)
+                update.candidates.append(candidate_from_run(run, self.store.results(rid, split="search")))
+        update.new_ids = new_ids
+        update.progress = read_progress(self.progress_path)
+        update.log_lines = self._tail_log()
+        return update
+
+    def _tail_log(self) -> list[str]:
+        try:
+            size = self.log_path.stat().st_size
+        except OSError:
+            return []
+        first = self._log_offset is None
+        if first or size < (self._log_offset or 0):
+            self._log_offset = 0
+        if size == self._log_offset:
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset or 0)
+            data = f.read(size - (self._log_offset or 0))
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return []  # wait for a complete line
+        self._log_offset = (self._log_offset or 0) + cut + 1
+        lines = data[:cut].decode("utf-8", "replace").splitlines()
+        return lines[-MAX_INITIAL_LOG_LINES:] if first else lines
+
+    # ----- on demand ----------------------------------------------------------------------------------------
+    def detail(self, run_id: int) -> CandidateDetail:
+        run = self.store.run(run_id, with_source=True)
+        results = self.store.results(run_id, split=None)
+        prev_id, reason = self.predecessor(run_id, run["name"], run.get("source") or "")
+        prev = self.store.run(prev_id, with_source=True) if prev_id is not None else None
+        return CandidateDetail(run, results, prev, self.queries.recorded_traces(run_id), reason)
+
+    def predecessor(self, run_id: int, name: str, source: str) -> tuple[int | None, str]:
+        """The run a candidate most likely revised. The store records no parent, so: the last earlier run with
+        the same name, else the earlier run (of the last 200) whose source shares the most lines with it."""
+        same = self.queries.same_name_before(run_id, name)
+        if same is not None:
+            return same, "same name"
+        lines = source.splitlines()
+        best, best_ratio = None, 0.0
+        for rid, other in self.queries.sources_before(run_id):
+            matcher = difflib.SequenceMatcher(None, lines, other.splitlines(), autojunk=False)
+            if matcher.real_quick_ratio() <= best_ratio or matcher.quick_ratio() <= best_ratio:
+                continue
+            ratio = matcher.ratio()
+            if ratio > best_ratio:
+                best, best_ratio = rid, ratio
+        return best, "most similar earlier source" if best is not None else ""
+
+    def search_env(self, name: str) -> ReplayEnvironment:
+        """A search environment by name (held-out environments are never loaded by the TUI)."""
+        entry = self.study.entry(name)
+        if entry is None:
+            raise KeyError(f"{name} is not a search environment of this study")
+        return self.study.load(entry)
+
+    def search_envs(self) -> list[ReplayEnvironment]:
+        return self.study.search_envs()

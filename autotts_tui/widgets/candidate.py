@@ -1,0 +1,123 @@
+"""Candidate detail: its source (syntax highlighted) or a diff against its predecessor, and per-environment
+results (or the error it raised)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import DataTable, Static
+
+from autotts_tui.formatting import fmt_beta, fmt_datetime, fmt_duration, fmt_tokens
+from autotts_tui.model import CandidateDetail
+
+
+def source_diff(old: str, new: str, old_name: str, new_name: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=old_name, tofile=new_name, n=3))
+
+
+class CandidatePane(Vertical):
+    """`d` switches between source and diff against the predecessor."""
+
+    can_focus = True
+    BINDINGS = [Binding("d", "toggle_diff", "Source/diff")]
+    DEFAULT_CSS = """
+    CandidatePane #cand-summary { height: auto; max-height: 3; }
+    CandidatePane #cand-code { height: 2fr; border: round $primary-background-lighten-2; }
+    CandidatePane #cand-results { height: 1fr; min-height: 5; }
+    CandidatePane #cand-error { height: 1fr; min-height: 5; border: round $error; display: none; }
+    """
+
+    def __init__(self, *, tz: _dt.tzinfo | None = None, **kwargs: object):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.tz = tz
+        self.detail: CandidateDetail | None = None
+        self.show_diff = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("select a candidate in the leaderboard", id="cand-summary")
+        with VerticalScroll(id="cand-code"):
+            yield Static(id="cand-code-body")
+        with VerticalScroll(id="cand-error"):
+            yield Static(id="cand-error-body")
+        table = DataTable(id="cand-results", cursor_type="row", zebra_stripes=True)
+        yield table
+
+    def on_mount(self) -> None:
+        table = self.query_one("#cand-results", DataTable)
+        for key, label in (("split", "split"), ("env", "environment"), ("beta", "β"), ("acc", "acc %"),
+                           ("tok", "tokens"), ("opened", "max open")):
+            table.add_column(label, key=key)
+        self.watch(self.app, "theme", lambda _t: self._render_code(), init=False)
+
+    def show(self, detail: CandidateDetail) -> None:
+        self.detail = detail
+        run = detail.run
+        status = run["status"]
+        s = Text()
+        s.append(f"{run['run_id']} ", style="bold")
+        s.append(run["name"], style="bold")
+        s.append(f" · {status}", style="green" if status == "ok" else "red")
+        summary = run.get("summary") or {}
+        best = summary.get("best") if isinstance(summary, dict) else None
+        if isinstance(best, dict) and best.get("accuracy") is not None:
+            s.append(f" · best {best['accuracy']:.2f}% @ β={fmt_beta(best.get('beta'))}"
+                     f" ({fmt_tokens(best.get('avg_tokens'))} tok)")
+        audit = run.get("audit") or {}
+        if isinstance(audit, dict) and "passed" in audit:
+            s.append(" · audit " + ("passed" if audit["passed"] else "FAILED"),
+                     style="" if audit["passed"] else "bold red")
+        s.append(f"\nrecorded {fmt_datetime(run.get('finished'), self.tz)} · took {fmt_duration(run.get('seconds'))}"
+                 f" · sha {str(run.get('sha256', ''))[:12]}", style="dim")
+        prev = detail.predecessor
+        s.append(" · diff vs " + (f"{prev['run_id']} {prev['name']} ({detail.predecessor_reason})" if prev else
+                                   "nothing (first run)"), style="dim")
+        self.query_one("#cand-summary", Static).update(s)
+
+        table = self.query_one("#cand-results", DataTable)
+        table.clear()
+        for r in detail.results:
+            table.add_row(r.split, r.env, fmt_beta(r.beta), Text(f"{r.accuracy:.2f}", justify="right"),
+                          Text(f"{r.avg_tokens:,.0f}", justify="right"),
+                          Text("—" if r.max_opened is None else str(r.max_opened), justify="right"))
+        error = status != "ok"
+        self.query_one("#cand-error").display = error
+        table.display = not error or bool(detail.results)
+        if error:
+            err = Text(f"{status}: {run.get('error') or ''}\n", style="bold red")
+            if run.get("traceback"):
+                err.append(str(run["traceback"]))
+            if run.get("stdout_tail"):
+                err.append("\n--- stdout ---\n" + str(run["stdout_tail"]), style="dim")
+            self.query_one("#cand-error-body", Static).update(err)
+        self._render_code()
+
+    def _render_code(self) -> None:
+        if self.detail is None:
+            return
+        dark = self.app.current_theme.dark
+        theme = "monokai" if dark else "default"
+        run, prev = self.detail.run, self.detail.predecessor
+        code = self.query_one("#cand-code", VerticalScroll)
+        if self.show_diff:
+            if prev is None:
+                body: Syntax | Text = Text("no predecessor: this is the study's first run", style="dim")
+            else:
+                diff = source_diff(prev.get("source") or "", run.get("source") or "",
+                                   f"{prev['run_id']} {prev['name']}", f"{run['run_id']} {run['name']}")
+                body = Syntax(diff, "diff", theme=theme) if diff else Text("identical source", style="dim")
+            code.border_title = "diff vs predecessor · d: source"
+        else:
+            body = Syntax(run.get("source") or "", "python", theme=theme, line_numbers=True, word_wrap=False)
+            code.border_title = "source · d: diff"
+        self.query_one("#cand-code-body", Static).update(body)
+
+    def action_toggle_diff(self) -> None:
+        self.show_diff = not self.show_diff
+        self._render_code()
