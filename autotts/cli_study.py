@@ -134,6 +134,7 @@ def mcp_command(study_folder: str | None, use_http: bool, host: str, port: int, 
     if token_file and not use_http:
         raise click.UsageError("--token-file applies to --http only (stdio needs no token)")
     study = Study.open_or_create(study_folder or _default_study())
+    _log_to_study(study)
     if level is not None:
         study.sandbox = {**study.sandbox, "level": level}
     from mcp_server.server import build_server, serve_http
@@ -144,6 +145,17 @@ def mcp_command(study_folder: str | None, use_http: bool, host: str, port: int, 
         serve_http(server, host=host, port=port, token=token, path=http_path, extra_hosts=allow_hosts)
     else:
         server.run()
+
+
+def _log_to_study(study: Study) -> None:
+    """Also log to the study's server.log, which `autotts tui` tails into its log pane."""
+    handler = logging.FileHandler(study.log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    for name in ("autotts", "mcp_server", "core"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _read_or_create_token(path: Path) -> str:

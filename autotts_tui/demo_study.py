@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from core.controller_files import find_controller_class, instantiate, load_module_from_source
 from core.evaluate import run_episodes, score
@@ -292,11 +291,8 @@ def build_demo_study(folder: str | os.PathLike, *, n_seeds: int = 5, count: int 
 
 
 def write_progress(folder: Path, **fields: Any) -> None:
-    """Atomically replace progress.json (the format `autotts_tui.model` documents)."""
-    path = folder / "progress.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(fields))
-    os.replace(tmp, path)
+    """Atomically replace progress.json: the same writer the MCP server uses."""
+    Study.open(folder).write_progress(**fields)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

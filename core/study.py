@@ -27,6 +27,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
 STORE_FILE = "runs.sqlite"
+PROGRESS_FILE = "progress.json"
+LOG_FILE = "server.log"
 FORMAT_NAME = "autotts-study"
 SCHEMA_VERSION = 1
 DEMO_TOKEN = "@demo"
@@ -230,6 +233,24 @@ class Study:
     @property
     def store_path(self) -> Path:
         return self.folder / STORE_FILE
+
+    @property
+    def progress_path(self) -> Path:
+        """`progress.json`: the evaluation in flight, for live viewers (format in `autotts_tui.model`)."""
+        return self.folder / PROGRESS_FILE
+
+    @property
+    def log_path(self) -> Path:
+        """`server.log`: what the server logs, tailed by live viewers."""
+        return self.folder / LOG_FILE
+
+    def write_progress(self, **fields: Any) -> None:
+        """Atomically replace progress.json (run, state running|done|error, started, updated, done, total, unit,
+        message); a viewer never reads a half-written file."""
+        fields.setdefault("updated", time.time())
+        tmp = self.progress_path.with_name(PROGRESS_FILE + ".tmp")
+        tmp.write_bytes(orjson.dumps(fields))
+        os.replace(tmp, self.progress_path)
 
     @property
     def seeds(self) -> range:

@@ -187,14 +187,38 @@ class DiscoveryService:
                          report: Progress, started: float) -> Evaluation:
         env_names = [e.name for e in envs]
         last = [0.0]
+        n_units = len(envs) * len(betas)
+
+        def publish(state: str, done: float, message: str) -> None:
+            try:  # live viewers (the TUI) read this; a full disk must not fail the evaluation
+                self.study.write_progress(run=name, state=state, started=started, done=int(done), total=n_units,
+                                          unit="(environment, β) units", message=message)
+            except OSError as e:
+                log.warning("could not write %s: %s", self.study.progress_path, e)
 
         def on_progress(done: float, total: float) -> None:
             now = time.monotonic()
             if now - last[0] >= 0.5 or done >= total:
                 last[0] = now
-                report(done, total, f"{int(done)}/{int(total)} (environment, β) units")
+                message = f"{int(done)}/{int(total)} (environment, β) units"
+                report(done, total, message)
+                publish("running", done, message)
 
         report(0, None, f"evaluating on {len(envs)} environment(s) × {len(betas)} β")
+        publish("running", 0, f"evaluating on {len(envs)} environment(s) × {len(betas)} β")
+        log.info("evaluating %s on %d environment(s) × %d β", name, len(envs), len(betas))
+        try:
+            ev = self._run_and_record(code, name, betas, envs, env_names, on_progress, started)
+        except BaseException:
+            publish("error", 0, "the evaluation stopped")
+            raise
+        publish("done" if ev.status == "ok" else "error", n_units, f"{ev.status}: {ev.error or 'recorded'}")
+        log.info("recorded %s as run %s (%s) in %.1f s", name, ev.run_id, ev.status, ev.seconds or 0.0)
+        return ev
+
+    def _run_and_record(self, code: str, name: str, betas: list[float], envs: list[ReplayEnvironment],
+                        env_names: list[str], on_progress: Callable[[float, float], None], started: float
+                        ) -> Evaluation:
         # Baselines first (in-process, compiled, ~0.05 s each, cached): they never see candidate code.
         for env in envs:
             for spec, _ in self.baseline_specs():

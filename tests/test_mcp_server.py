@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import anyio
+import orjson
 import pytest
 from click.testing import CliRunner
 from mcp import Client
@@ -278,6 +279,10 @@ async def test_stdio_subprocess(tmp_path):
         again = await c.call_tool("get_history", {})
         assert not again.is_error and "stdio" in text(again)
         assert "discover" in {p.name for p in (await c.list_prompts()).prompts}
+    # what live viewers (autotts tui) read: the last evaluation's progress and the server's log
+    progress = orjson.loads((folder / "progress.json").read_bytes())
+    assert progress["run"] == "stdio" and progress["state"] == "done" and progress["done"] == progress["total"] == 1
+    assert "recorded stdio as run" in (folder / "server.log").read_text()
 
 
 # ----- HTTP -------------------------------------------------------------------------------------------------------
