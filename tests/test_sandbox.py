@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,121 +68,27 @@ def run(source: str, settings: SandboxSettings = QUICK, seeds=range(2), options=
 
 
 # ----- candidates -----------------------------------------------------------------------------------------------
-CMC_SOURCE = '''
-"""CMC as a standalone candidate controller (only the standard library and core.primitives)."""
+# CMC as a standalone candidate (only the standard library and core.primitives): one copy, shared with the
+# MCP tests and the run_controller benchmark.
+CMC_SOURCE = (Path(__file__).parent / "data" / "cmc_candidate.py").read_text()
 
-from collections import deque
+DATACLASS_SOURCE = """
 from dataclasses import dataclass
-
-from core.primitives import beta_confidence, majority, vote_stats
 
 
 @dataclass(frozen=True)
-class CMCSchedule:
-    n_init: int
-    max_branch_use: int
-    warm_up: int
-    abandon_patience: int
-    t_ema: int
-    ema_alpha: float
-    conf_thresh: float
-    delta_slack: float
-    burst_aligned: int
-    widen_burst: int
-    trend_thresh: float
-    min_complete: int
-
-    @classmethod
-    def from_beta(cls, beta, max_branches=64):
-        b = min(1.0, max(0.0, float(beta)))
-        return cls(
-            n_init=max(2, round(2 + 6 * b)),
-            max_branch_use=min(max_branches, round(4 + 60 * b)),
-            warm_up=max(2, round(2 + 8 * b)),
-            abandon_patience=max(3, round(3 + 9 * b)),
-            t_ema=max(2, round(2 + 6 * b)),
-            ema_alpha=round(0.70 - 0.40 * b, 4),
-            conf_thresh=round(0.85 + 0.12 * b, 4),
-            delta_slack=round(0.04 - 0.03 * b, 4),
-            burst_aligned=max(1, round(1 + 2 * b)),
-            widen_burst=max(1, round(1 + 3 * b)),
-            trend_thresh=round(0.04 - 0.03 * b, 4),
-            min_complete=max(2, round(2 + 3 * b)),
-        )
+class Settings:
+    reads: int
 
 
-class CMCCandidate:
-    def __init__(self, beta=0.5, max_branches=64, max_rounds=500):
-        self.beta, self.max_branches, self.max_rounds = beta, max_branches, max_rounds
+class FirstReads:
+    def __init__(self, beta=0.5):
+        self.settings = Settings(reads=1 + round(2 * beta))
 
     def solve(self, question):
-        s = CMCSchedule.from_beta(self.beta, self.max_branches)
-        alpha = s.ema_alpha
-        latest, finished, abandoned, probes, disagree, pool = [], [], [], [], [], []
-
-        def open_branch():
-            try:
-                ans, _, fin = question.probe_new()
-            except (ValueError, IndexError):
-                return False
-            latest.append(ans)
-            finished.append(fin)
-            abandoned.append(False)
-            probes.append(1)
-            disagree.append(0)
-            if fin:
-                pool.append(ans)
-            return True
-
-        for _ in range(s.n_init):
-            if not open_branch():
-                break
-        if not latest:
-            return None
-        spawned = len(latest)
-        ema = 0.0
-        window = deque(maxlen=s.t_ema)
-        for outer in range(self.max_rounds):
-            winner, top1, top2 = vote_stats(pool)
-            warm = outer >= s.warm_up
-            ema = (1 - alpha) * ema + alpha * beta_confidence(top1, top2)
-            window.append(ema)
-            live = [i for i in range(len(latest)) if not abandoned[i] and not finished[i]]
-            if warm and winner is not None:
-                for i in live:
-                    disagree[i] = disagree[i] + 1 if latest[i] != winner else 0
-                stale = sorted((i for i in live if disagree[i] >= s.abandon_patience), key=lambda i: -disagree[i])
-                for i in stale[: max(0, len(live) - 2)]:
-                    abandoned[i] = True
-                live = [i for i in live if not abandoned[i]]
-            for i in sorted(live, key=lambda i: -probes[i]):
-                aligned = warm and winner is not None and latest[i] == winner
-                for _ in range(s.burst_aligned if aligned else 1):
-                    ans, fin = question.probe_more(i)
-                    probes[i] += 1
-                    latest[i] = ans
-                    if fin:
-                        finished[i] = True
-                        pool.append(ans)
-                        break
-            winner, top1, top2 = vote_stats(pool)
-            ema = (1 - alpha) * ema + alpha * beta_confidence(top1, top2)
-            window[-1] = ema
-            delta = window[-1] - window[0] if len(window) >= 2 else 0.0
-            if warm and len(pool) >= s.min_complete and ema >= s.conf_thresh and delta >= -s.delta_slack:
-                return winner
-            if all(f or a for f, a in zip(finished, abandoned, strict=True)):
-                break
-            if (spawned < s.max_branch_use and delta <= s.trend_thresh and outer >= max(1, s.warm_up // 2)
-                    and ema < s.conf_thresh):
-                for _ in range(s.widen_burst):
-                    if spawned >= min(s.max_branch_use, 64) or not open_branch():
-                        break
-                    spawned += 1
-        if pool:
-            return majority(pool)
-        return majority([latest[i] for i in range(len(latest)) if not abandoned[i]])
-'''
+        answers = [question.get_new_branch_final_answer() for _ in range(self.settings.reads)]
+        return max(answers, key=answers.count)
+"""
 
 SIMPLE = '''
 from core.primitives import majority
@@ -711,3 +618,9 @@ def test_audit_sample_is_reproducible_with_a_seed():
     settings = replace(QUICK, timeout_s=30, workers=1, audit_episodes=5, audit_seed=1234, level="off")
     a, b = run(PEEKING, settings, seeds=range(3)), run(PEEKING, settings, seeds=range(3))
     assert a.audit["sample_seed"] == 1234 and a.audit["mismatches"] == b.audit["mismatches"]
+
+
+def test_candidate_may_use_dataclasses():
+    r = run(DATACLASS_SOURCE, options=[{"beta": 1.0}])
+    assert r.ok, r.error
+    assert r.results[(ENV.name, "beta=1")].tokens.min() > 0
