@@ -96,7 +96,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             id          TEXT PRIMARY KEY,         -- d0001, d0002, ...
             created     REAL NOT NULL,
             updated     REAL NOT NULL,
-            status      TEXT NOT NULL,            -- running | done | budget | failed
+            status      TEXT NOT NULL,            -- running | done | budget | interrupted | failed
             model       TEXT NOT NULL,            -- explorer model of the latest start
             rounds      INTEGER NOT NULL,         -- rounds requested
             config      TEXT NOT NULL,            -- json: the options of the latest start

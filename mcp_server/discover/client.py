@@ -83,7 +83,10 @@ class Explorer:
             kwargs["base_url"] = self.base_url
         if self.api_key:
             kwargs["api_key"] = self.api_key
-        self.client = anthropic.Anthropic(**kwargs)
+        try:
+            self.client = anthropic.Anthropic(**kwargs)
+        except anthropic.AnthropicError as e:  # e.g. CredentialsError: a profile named but unreadable
+            raise ExplorerError(f"no usable Anthropic credentials ({str(e).splitlines()[0][:200]}): {KEY_HELP}") from None
         if not (self.client.api_key or self.client.auth_token or getattr(self.client, "credentials", None)):
             raise ExplorerError(f"no Anthropic API key: {KEY_HELP}")
 
