@@ -56,7 +56,7 @@ def default_environment_path() -> Path:
 
 
 # Subcommands live in their own modules and register themselves on `main`.
-from autotts import cli_discover, cli_eval, cli_study, cli_tui  # noqa: E402,F401
+from autotts import cli_collect, cli_discover, cli_eval, cli_solve, cli_study, cli_tui  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

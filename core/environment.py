@@ -4,6 +4,11 @@ Semantics (replay-spec §2). A branch with n probes and T tokens is a list of n 
 step k < n reveals probe k and costs the interval Δ; step n reveals the final answer, costs max(0, T − nΔ)
 and finishes the branch. Stepping a finished branch again is free. A full read reveals only the final
 answer and costs T.
+
+Environments recorded from live runs (`autotts solve --record`, `core.live`) differ in two ways: their branches
+are presented in stored (opening) order whatever the seed (metadata `branch_order: "stored"`), and branches
+that were still running when the controller stopped are *partial*: their probes are known but their end is not,
+so the step that would finish one (or a full read of it) raises `UnrecordedStepError` instead of inventing data.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from core.errors import UnrecordedStepError
 
 # Branch states in ReplayQuestion._depth (non-negative values are steps taken).
 _UNOPENED = -1
@@ -57,6 +64,9 @@ class ReplayEnvironment:
     """Optional per-probe float32[P] signals recorded by the collector (e.g. `mean_logprob`, `group_conf`)."""
     source: str | None = None
     """The file it was loaded from, if any."""
+    partial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    """bool[B] (or empty: none): branches recorded live that had not finished when the controller stopped. Their
+    probes are real; their token count is what was generated so far and their final answer is unknown."""
 
     # ----- shape -------------------------------------------------------------------------------------------
     @property
@@ -73,6 +83,23 @@ class ReplayEnvironment:
     @cached_property
     def branch_nprobes(self) -> np.ndarray:
         return np.diff(self.probe_offsets).astype(np.int32)
+
+    @property
+    def stored_order(self) -> bool:
+        """Whether questions present their branches in stored order for every seed (recorded live runs)."""
+        return self.metadata.get("branch_order") == "stored"
+
+    @cached_property
+    def has_partial(self) -> bool:
+        """Whether any branch is partial (see `partial`); the compiled fast paths cannot replay those."""
+        return bool(self.partial.size and self.partial.any())
+
+    def partial_branches(self, q: int) -> frozenset[int]:
+        """Stored indices of question q's partial branches."""
+        if not self.has_partial:
+            return frozenset()
+        lo, hi = int(self.branch_offsets[q]), int(self.branch_offsets[q + 1])
+        return frozenset(np.flatnonzero(self.partial[lo:hi]).tolist())
 
     # ----- views -------------------------------------------------------------------------------------------
     def without_gold(self) -> ReplayEnvironment:
@@ -131,12 +158,17 @@ class ReplayEnvironment:
             costs.append([delta] * n + [max(0, tokens[g - lo_b] - n * delta)])
         return answers, costs, tokens
 
-    def question(self, q: int, seed: int, *, probe_cost: int = 0, trace: bool = False) -> ReplayQuestion:
-        """The question object a controller solves: question q with its branches shuffled by `seed`."""
+    def question(self, q: int, seed: int | None, *, probe_cost: int = 0, trace: bool = False) -> ReplayQuestion:
+        """The question object a controller solves: question q with its branches shuffled by `seed`.
+
+        `seed=None`, or an environment with `branch_order: "stored"` in its metadata (a recorded live run), presents
+        the branches in stored order: replaying a recorded run then reproduces it exactly."""
         answers, costs, tokens = self.step_tables(q)
-        order = shuffle_order(self.n_branches(q), seed)
+        n = self.n_branches(q)
+        order = list(range(n)) if seed is None or self.stored_order else shuffle_order(n, seed)
         cls = TracedReplayQuestion if trace else ReplayQuestion
-        return cls(answers, costs, tokens, order, int(self.interval[q]), probe_cost)
+        return cls(answers, costs, tokens, order, int(self.interval[q]), probe_cost,
+                   partial=self.partial_branches(q) or None)
 
 
 _ORDER_CACHE: dict[tuple[int, int], list[int]] = {}
@@ -167,9 +199,16 @@ class ReplayQuestion:
 
     Branch indices count from 0 in opening order; full reads consume fresh branches too. The object holds no
     gold answer; unrevealed cells live only in private tables (an audit re-runs episodes to catch peeking).
+
+    Batch calls — `probe_new_many(n)`, `probe_more_many(indices)`, `extend_many(indices)`,
+    `get_new_branch_final_answers(n)` — do what the same single calls in a loop would do (same answers, costs and
+    errors; indices are all checked first, so a bad one raises before anything is stepped). A live question
+    (`core.live.LiveQuestion`) decodes the branches of one batch call together, so controllers that advance
+    several branches per round should use them.
     """
 
-    __slots__ = ("_answers", "_costs", "_tokens", "_order", "_depth", "_next", "_cost", "probe_freq", "_kappa")
+    __slots__ = ("_answers", "_costs", "_tokens", "_order", "_depth", "_next", "_cost", "probe_freq", "_kappa",
+                 "_partial")
 
     def __init__(
         self,
@@ -179,6 +218,7 @@ class ReplayQuestion:
         order: list[int],
         interval: int,
         probe_cost: int = 0,
+        partial: frozenset[int] | None = None,
     ):
         self._answers = answers
         self._costs = costs
@@ -189,6 +229,7 @@ class ReplayQuestion:
         self._cost = 0
         self.probe_freq = interval
         self._kappa = probe_cost
+        self._partial = partial  # stored indices whose end was not recorded (None: none)
 
     # ----- the paper's API -----------------------------------------------------------------------------------
     def probe_new(self) -> tuple[str, int, bool]:
@@ -196,11 +237,13 @@ class ReplayQuestion:
         i = self._next
         if i >= len(self._order):
             raise ValueError(f"no fresh branch left: all {len(self._order)} branches are opened or read")
-        self._next = i + 1
         b = self._order[i]
+        answers = self._answers[b]
+        if len(answers) == 1 and self._partial is not None and b in self._partial:
+            raise UnrecordedStepError(_unrecorded(i, 0))
+        self._next = i + 1
         self._depth[i] = 1
         self._cost += self._costs[b][0]
-        answers = self._answers[b]
         return answers[0], i, len(answers) == 1
 
     def probe_more(self, i: int) -> tuple[str, bool]:
@@ -213,10 +256,16 @@ class ReplayQuestion:
         b = self._order[i]
         answers = self._answers[b]
         n = len(answers) - 1
-        if d <= n:
+        if d < n:
             self._cost += self._costs[b][d]
             self._depth[i] = d + 1
-            return answers[d], d == n
+            return answers[d], False
+        if d == n:
+            if self._partial is not None and b in self._partial:
+                raise UnrecordedStepError(_unrecorded(i, d))
+            self._cost += self._costs[b][d]
+            self._depth[i] = d + 1
+            return answers[d], True
         return answers[n], True
 
     def get_new_branch_final_answer(self) -> str:
@@ -224,8 +273,11 @@ class ReplayQuestion:
         i = self._next
         if i >= len(self._order):
             raise IndexError(f"no fresh branch left: all {len(self._order)} branches are opened or read")
-        self._next = i + 1
         b = self._order[i]
+        if self._partial is not None and b in self._partial:
+            raise UnrecordedStepError(f"branch {i} of this recorded run was not finished live, so its full read "
+                                      "cannot be replayed (replay only what the recorded controller did)")
+        self._next = i + 1
         self._depth[i] = _FULL_READ
         self._cost += self._tokens[b]
         return self._answers[b][-1]
@@ -240,9 +292,12 @@ class ReplayQuestion:
         i = self._next
         if i >= len(self._order):
             raise ValueError(f"no fresh branch left: all {len(self._order)} branches are opened or read")
+        b = self._order[i]
+        if len(self._answers[b]) == 1 and self._partial is not None and b in self._partial:
+            raise UnrecordedStepError(_unrecorded(i, 0))
         self._next = i + 1
         self._depth[i] = 1
-        self._cost += self._costs[self._order[i]][0]
+        self._cost += self._costs[b][0]
         return i
 
     def extend(self, i: int) -> bool:
@@ -255,6 +310,8 @@ class ReplayQuestion:
         b = self._order[i]
         n = len(self._answers[b]) - 1
         if d <= n:
+            if d == n and self._partial is not None and b in self._partial:
+                raise UnrecordedStepError(_unrecorded(i, d))
             self._cost += self._costs[b][d]
             self._depth[i] = d = d + 1
         return d > n
@@ -279,6 +336,62 @@ class ReplayQuestion:
         except TypeError:
             raise ValueError(self._bad_index(i)) from None
         self._depth[i] = _PRUNED
+
+    # ----- batch calls ---------------------------------------------------------------------------------------------
+    def probe_new_many(self, n: int) -> list[tuple[str, int, bool]]:
+        """Open up to `n` fresh branches (fewer when the pool runs out; never raises for that) and take the first
+        step of each: a list of `(answer, branch index, finished)` in opening order, as `probe_new` gives them."""
+        k = min(check_count(n), self.fresh_branches_left)
+        return [self.probe_new() for _ in range(k)]
+
+    def probe_more_many(self, indices: Any) -> list[tuple[str, bool]]:
+        """Take the next step of each named branch: `[(answer, finished), ...]` in the order named, as
+        `probe_more` gives them. Raises ValueError (before stepping anything) for a bad or repeated index."""
+        idx = self._check_indices(indices)
+        if type(self) is not ReplayQuestion or self._partial is not None:
+            return [self.probe_more(i) for i in idx]  # subclasses (tracing, remote) see every single step
+        # The plain replay question inlines probe_more: the built-ins' Python path steps through here.
+        order, tables, costs, depth = self._order, self._answers, self._costs, self._depth
+        out = []
+        cost = self._cost
+        for i in idx:
+            d = depth[i]
+            b = order[i]
+            answers = tables[b]
+            n = len(answers) - 1
+            if d <= n:
+                cost += costs[b][d]
+                depth[i] = d + 1
+                out.append((answers[d], d == n))
+            else:
+                out.append((answers[n], True))
+        self._cost = cost
+        return out
+
+    def extend_many(self, indices: Any) -> list[bool]:
+        """CONTINUE each named branch by one interval: whether each has finished, as `extend` gives it. Raises
+        ValueError (before stepping anything) for a bad or repeated index."""
+        return [self.extend(i) for i in self._check_indices(indices)]
+
+    def get_new_branch_final_answers(self, n: int) -> list[str]:
+        """Read up to `n` fresh branches in full (fewer when the pool runs out; never raises for that): their final
+        answers in reading order, as `get_new_branch_final_answer` gives them."""
+        k = min(check_count(n), self.fresh_branches_left)
+        return [self.get_new_branch_final_answer() for _ in range(k)]
+
+    def _check_indices(self, indices: Any) -> list[int]:
+        try:
+            idx = indices if type(indices) is list else list(indices)
+        except TypeError:
+            raise ValueError(f"branch indices must be a list of ints, got {type(indices).__name__}") from None
+        depth, n_open = self._depth, self._next
+        for i in idx:  # the common case costs one comparison chain per index; anything odd gets the full check
+            if type(i) is not int or not 0 <= i < n_open or depth[i] < 0:
+                self.depth(i)  # raises the ValueError that the single call would raise
+        if len(set(idx)) != len(idx):
+            twice = next(i for k, i in enumerate(idx) if i in idx[:k])
+            raise ValueError(f"branch {twice} is named twice in one batch call")
+        return idx
 
     # ----- what a controller may observe -----------------------------------------------------------------------
     def is_finished(self, i: int) -> bool:
@@ -310,17 +423,35 @@ class ReplayQuestion:
         return self._next
 
     def _bad_index(self, i: object) -> str:
-        if not isinstance(i, int | np.integer) or isinstance(i, bool):
-            return f"branch index must be an int, got {type(i).__name__} {i!r:.40}"
-        if not 0 <= i < self._next:
-            return f"branch {i} is not open: valid indices are 0..{self._next - 1} (open one with probe_new/branch)"
-        state = self._depth[i]
-        if state == _PRUNED:
-            return f"branch {i} was pruned and cannot be stepped or probed"
-        return f"branch {i} was read in full with get_new_branch_final_answer and cannot be stepped"
+        return bad_index_message(i, self._next, self._depth)
 
     def __repr__(self) -> str:
         return f"<ReplayQuestion opened={self._next} tokens={self._cost}>"
+
+
+def bad_index_message(i: object, n_opened: int, states: list[int]) -> str:
+    """Why index `i` names no steppable branch (`states[i]`: steps taken, or _PRUNED / _FULL_READ)."""
+    if not isinstance(i, int | np.integer) or isinstance(i, bool):
+        return f"branch index must be an int, got {type(i).__name__} {i!r:.40}"
+    if not 0 <= i < n_opened:
+        return f"branch {i} is not open: valid indices are 0..{n_opened - 1} (open one with probe_new/branch)"
+    state = states[i]
+    if state == _PRUNED:
+        return f"branch {i} was pruned and cannot be stepped or probed"
+    return f"branch {i} was read in full with get_new_branch_final_answer and cannot be stepped"
+
+
+def check_count(n: object) -> int:
+    """A batch size: a non-negative int (ValueError otherwise)."""
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"the number of branches must be a non-negative int, got {n!r:.40}")
+    return int(n)
+
+
+def _unrecorded(i: int, steps: int) -> str:
+    return (f"branch {i} of this recorded run has only {steps} recorded steps: it was still running when the live "
+            "controller stopped, so its next step was never generated (replay only what the recorded controller did, "
+            "or collect complete branches with `autotts collect`)")
 
 
 class TracedReplayQuestion(ReplayQuestion):

@@ -24,3 +24,9 @@ class ControllerSpecError(AutoTTSError):
 
 class EnvironmentPathError(AutoTTSError):
     """An ENV argument is neither a replay file nor a folder holding replay files."""
+
+
+class UnrecordedStepError(AutoTTSError):
+    """A controller stepped a recorded live run past what was generated live (a branch that was still running when
+    the recorded controller stopped). Deliberately not a ValueError, so controllers do not mistake it for an
+    exhausted pool."""

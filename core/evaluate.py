@@ -122,11 +122,14 @@ def run_episodes(
     """Run `controller` on every (seed, question) of `env`; needs no gold answers.
 
     Built-in controllers use their compiled replay path unless traces or a probe cost are asked for (or
-    `fast=False`); any other controller is driven through the question API, seeds outer, questions in file order.
+    `fast=False`, or the environment holds partial branches of a recorded live run, which only the question API
+    guards); any other controller is driven through the question API, seeds outer, questions in file order.
+    A recorded live run (`branch_order: "stored"`) presents its branches in stored order under every seed.
     """
     seed_arr = np.asarray(list(seeds), dtype=np.int64)
     start = time.perf_counter()
-    if fast and not traces and probe_cost == 0 and isinstance(controller, BuiltinController):
+    if (fast and not traces and probe_cost == 0 and isinstance(controller, BuiltinController)
+            and not env.has_partial):
         ids, tokens = controller.run_replay(env, seed_arr)
         vocab = env.answer_vocab
         answers = [[vocab[q][a] if a >= 0 else None for q, a in enumerate(row)] for row in ids.tolist()]

@@ -23,9 +23,15 @@ def env_arrays(env: ReplayEnvironment) -> tuple[np.ndarray, ...]:
 
 
 def permutation_table(env: ReplayEnvironment, seeds: np.ndarray) -> np.ndarray:
-    """int32[S, B]: entry [s, offset_q + k] is the stored index of the k-th branch question q presents under seed s."""
+    """int32[S, B]: entry [s, offset_q + k] is the stored index of the k-th branch question q presents under seed s
+    (stored order for every seed in an environment with `branch_order: "stored"`)."""
     counts = env.branch_counts
     table = np.empty((len(seeds), int(env.branch_offsets[-1])), dtype=np.int32)
+    if env.stored_order:
+        for q in range(env.n_questions):
+            lo = int(env.branch_offsets[q])
+            table[:, lo : lo + int(counts[q])] = np.arange(int(counts[q]), dtype=np.int32)
+        return table
     for si, seed in enumerate(seeds):
         by_length: dict[int, list[int]] = {}
         for q in range(env.n_questions):

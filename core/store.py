@@ -12,6 +12,13 @@ Project format (`schema_version` 1), a superset::
                     "branches": [[probe_answers, tokens, final_answer], ...],
                     "signals": {"mean_logprob": [[float per probe] per branch], ...}}]}
 
+`schema_version` 2 (written only when needed: recorded live runs, `autotts solve --record`) adds
+`metadata.branch_order = "stored"` (present branches in stored order, never shuffled) and a per-question
+`"partial": [branch indices]` naming branches that had not finished when the live controller stopped: their
+probes are real, their tokens are those generated so far, their final answer is unknown and replay refuses to
+step past them. Version 1 files read as version 2 files without partial branches; autotts versions that only know
+version 1 refuse version 2 files instead of mistaking partial branches for complete ones.
+
 Both may be gzipped (detected by content, not name).
 """
 
@@ -31,6 +38,10 @@ from core.errors import EnvironmentPathError, ReplayFormatError
 
 FORMAT_NAME = "autotts-replay"
 SCHEMA_VERSION = 1
+"""The version written for ordinary environments (collected, synthetic, converted)."""
+RECORDED_SCHEMA_VERSION = 2
+"""The version written for environments with partial branches or stored branch order (recorded live runs)."""
+READABLE_VERSIONS = (1, 2)
 _SUFFIXES = (".json", ".json.gz")
 
 
@@ -174,6 +185,14 @@ def _check_question(obj: Any, path: str, qi: int, keys: tuple[str, str, str], de
     signals = obj.get("signals")
     if signals is not None:
         record["signals"] = _check_signals(signals, triples, path, qi)
+    partial = obj.get("partial")
+    if partial is not None:
+        if (not isinstance(partial, list) or not all(_is_int(b) and 0 <= b < len(triples) for b in partial)
+                or len(set(partial)) != len(partial)):
+            raise ReplayFormatError(path, f"must be a list of distinct branch indices 0..{len(triples) - 1}",
+                                    question=qi, field="partial")
+        if partial:
+            record["partial"] = sorted(partial)
     return record
 
 
@@ -204,9 +223,10 @@ def _records_from_project(data: dict, path: str) -> tuple[list[dict[str, Any]], 
     if data.get("format") != FORMAT_NAME:
         raise ReplayFormatError(path, f"object has no \"format\": \"{FORMAT_NAME}\"; is this an autotts replay file?", field="format")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ReplayFormatError(
-            path, f"schema_version {version!r} is not supported (this autotts reads {SCHEMA_VERSION}); upgrade autotts",
+            path, f"schema_version {version!r} is not supported (this autotts reads {readable}); upgrade autotts",
             field="schema_version",
         )
     metadata = data.get("metadata", {})
@@ -247,7 +267,9 @@ def environment_from_records(
     probe_ids: list[int] = []
     signal_names = sorted({k for r in records for k in r.get("signals", {})})
     signals: dict[str, list[float]] = {k: [] for k in signal_names}
+    partial: list[int] = []
     for rec in records:
+        partial.extend(len(tokens) + b for b in rec.get("partial", ()))
         index: dict[str, int] = {}
         intern = index.setdefault
         for probes, t, final in rec["branches"]:
@@ -285,7 +307,16 @@ def environment_from_records(
         probe_answers=np.asarray(probe_ids, dtype=np.int32),
         signals={k: np.asarray(v, dtype=np.float32) for k, v in signals.items()},
         source=source,
+        partial=_partial_mask(partial, len(tokens)),
     )
+
+
+def _partial_mask(indices: list[int], n_branches: int) -> np.ndarray:
+    if not indices:
+        return np.zeros(0, dtype=np.bool_)
+    mask = np.zeros(n_branches, dtype=np.bool_)
+    mask[indices] = True
+    return mask
 
 
 def environment_records(env: ReplayEnvironment) -> list[dict[str, Any]]:
@@ -305,6 +336,9 @@ def environment_records(env: ReplayEnvironment) -> list[dict[str, Any]]:
                 k: [v[env.probe_offsets[g] : env.probe_offsets[g + 1]].tolist() for g in range(lo_b, hi_b)]
                 for k, v in env.signals.items()
             }
+        partial = env.partial_branches(q)
+        if partial:
+            rec["partial"] = sorted(partial)
         records.append(rec)
     return records
 
@@ -319,15 +353,21 @@ def save_environment(env: ReplayEnvironment, path: str | os.PathLike, *, format:
     if format == "project":
         doc: Any = {
             "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": RECORDED_SCHEMA_VERSION if env.has_partial or env.stored_order else SCHEMA_VERSION,
             "metadata": env.metadata,
             "questions": [
                 {"question": r["question"], "gold_answer": r["gold_answer"], "interval": r["interval"],
-                 "branches": [list(b) for b in r["branches"]], **({"signals": r["signals"]} if "signals" in r else {})}
+                 "branches": [list(b) for b in r["branches"]], **({"signals": r["signals"]} if "signals" in r else {}),
+                 **({"partial": r["partial"]} if "partial" in r else {})}
                 for r in records
             ],
         }
     elif format == "paper":
+        if env.has_partial:
+            raise ReplayFormatError(
+                str(p), "this environment has unfinished (partial) branches from a live run, which the paper's format "
+                "cannot mark; save it in the project format"
+            )
         doc = [
             {"question": r["question"], "final_answers_trace": [b[2] for b in r["branches"]],
              "each_branch": [list(b) for b in r["branches"]], "gold_answer": r["gold_answer"], "probe_freq": r["interval"]}

@@ -47,6 +47,45 @@ class BuiltinController:
         return ControllerSpec(self.name, args)
 
 
+# ----- batch helpers: one call per round, so that a live question decodes the round's branches together -----------
+def open_branches(question: Any, n: int) -> list[tuple[str, int, bool]]:
+    """`probe_new` up to n times, stopping when the pool runs out: [(answer, index, finished), ...].
+
+    Uses the question's `probe_new_many` when it has one (replay and live questions do), else single calls."""
+    many = getattr(question, "probe_new_many", None)
+    if many is not None:
+        return many(n)
+    out = []
+    for _ in range(n):
+        try:
+            out.append(question.probe_new())
+        except (ValueError, IndexError):
+            break
+    return out
+
+
+def step_branches(question: Any, indices: list[int]) -> list[tuple[str, bool]]:
+    """`probe_more` on each index, in order: [(answer, finished), ...] (`probe_more_many` when available)."""
+    many = getattr(question, "probe_more_many", None)
+    if many is not None:
+        return many(indices)
+    return [question.probe_more(i) for i in indices]
+
+
+def read_branches(question: Any, n: int) -> list[str]:
+    """Up to n full reads, stopping when the pool runs out (`get_new_branch_final_answers` when available)."""
+    many = getattr(question, "get_new_branch_final_answers", None)
+    if many is not None:
+        return many(n)
+    out = []
+    for _ in range(n):
+        try:
+            out.append(question.get_new_branch_final_answer())
+        except IndexError:
+            break
+    return out
+
+
 @dataclass(frozen=True)
 class ControllerSpec:
     """A controller by name and arguments; its string form (`cmc:beta=0.5`) regenerates it exactly."""

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit, prange
 
-from core.controllers.base import BuiltinController, register
+from core.controllers.base import BuiltinController, open_branches, register, step_branches
 from core.kernels import env_arrays, permutation_table, step_branch, vote_stats_ids
 from core.primitives import beta_confidence, beta_confidence_table, majority, vote_stats
 
@@ -84,24 +84,22 @@ class ConfidenceMomentumController(BuiltinController):
         probes: list[int] = []
         disagree: list[int] = []
         pool: list[str] = []  # final answers of finished branches, in finishing order
+        step_many = getattr(question, "probe_more_many", None) or (lambda due: step_branches(question, due))
 
-        def open_branch() -> bool:
-            try:
-                ans, _, fin = question.probe_new()
-            except (ValueError, IndexError):
-                return False
-            latest.append(ans)
-            finished.append(fin)
-            abandoned.append(False)
-            probes.append(1)
-            disagree.append(0)
-            if fin:
-                pool.append(ans)
-            return True
+        def open_many(k: int) -> int:
+            """Open up to k branches in one batch (fewer when the pool runs out); returns how many opened."""
+            opened = open_branches(question, k)
+            for ans, _, fin in opened:
+                latest.append(ans)
+                finished.append(fin)
+                abandoned.append(False)
+                probes.append(1)
+                disagree.append(0)
+                if fin:
+                    pool.append(ans)
+            return len(opened)
 
-        for _ in range(s.n_init):
-            if not open_branch():
-                break
+        open_many(s.n_init)
         if not latest:
             return None
         spawned = len(latest)
@@ -122,17 +120,25 @@ class ConfidenceMomentumController(BuiltinController):
                 for i in stale[: max(0, len(live) - 2)]:
                     abandoned[i] = True
                 live = [i for i in live if not abandoned[i]]
-            # 3. depth: deepest first; branches agreeing with the winner get longer bursts
-            for i in sorted(live, key=lambda i: -probes[i]):
-                aligned = warm and winner is not None and latest[i] == winner
-                for _ in range(s.burst_aligned if aligned else 1):
-                    ans, fin = question.probe_more(i)
+            # 3. depth: deepest first; branches agreeing with the winner get longer bursts. Burst step r advances
+            # every branch still due in one batch; finished answers join the pool afterwards in depth order, as if
+            # each branch had taken its whole burst in turn (nothing reads the pool during this phase).
+            order = sorted(live, key=lambda i: -probes[i])
+            if warm and winner is not None and s.burst_aligned > 1:
+                burst = [s.burst_aligned if latest[i] == winner else 1 for i in order]
+            else:
+                burst = None  # every branch takes one step
+            due = order
+            for r in range(s.burst_aligned if burst else 1):
+                if r:
+                    due = [i for i, b in zip(order, burst, strict=True) if b > r and not finished[i]]  # type: ignore[arg-type]
+                if not due:
+                    break
+                for i, (ans, fin) in zip(due, step_many(due), strict=True):
                     probes[i] += 1
                     latest[i] = ans
-                    if fin:
-                        finished[i] = True
-                        pool.append(ans)
-                        break
+                    finished[i] = fin
+            pool.extend([latest[i] for i in order if finished[i]])
             # 4. second EMA update this round replaces the newest window entry
             winner, top1, top2 = vote_stats(pool)
             ema = (1 - alpha) * ema + alpha * beta_confidence(top1, top2)
@@ -147,10 +153,7 @@ class ConfidenceMomentumController(BuiltinController):
             # 7. widen while confidence is low and not rising
             if (spawned < s.max_branch_use and delta <= s.trend_thresh and outer >= max(1, s.warm_up // 2)
                     and ema < s.conf_thresh):
-                for _ in range(s.widen_burst):
-                    if spawned >= min(s.max_branch_use, 64) or not open_branch():
-                        break
-                    spawned += 1
+                spawned += open_many(min(s.widen_burst, max(0, min(s.max_branch_use, 64) - spawned)))
         if pool:
             return majority(pool)
         return majority([latest[i] for i in range(len(latest)) if not abandoned[i]])

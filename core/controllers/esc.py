@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit, prange
 
-from core.controllers.base import BuiltinController, register
+from core.controllers.base import BuiltinController, read_branches, register
 from core.kernels import env_arrays, permutation_table, vote_stats_ids
 from core.primitives import majority
 
@@ -33,12 +33,7 @@ class EarlyStoppingConsistency(BuiltinController):
     def solve(self, question: Any) -> str | None:
         pool: list[str] = []
         for _ in range(self.max_samples // self.window):
-            current: list[str] = []
-            for _ in range(self.window):
-                try:
-                    current.append(question.get_new_branch_final_answer())
-                except IndexError:
-                    break
+            current = read_branches(question, self.window)  # one window, read together (fewer if exhausted)
             if not current:
                 continue
             pool.extend(current)

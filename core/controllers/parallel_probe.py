@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit, prange
 
-from core.controllers.base import BuiltinController, register
+from core.controllers.base import BuiltinController, open_branches, register, step_branches
 from core.kernels import env_arrays, permutation_table, step_branch, vote_stats_ids
 from core.primitives import majority
 
@@ -39,17 +39,10 @@ class ParallelProbe(BuiltinController):
             raise ValueError("parallel-probe: num_chains and probe_burst must be at least 1")
 
     def solve(self, question: Any) -> str | None:
-        index: list[int] = []
-        latest: list[str] = []
-        finished: list[bool] = []
-        for _ in range(self.num_chains):
-            try:
-                ans, i, fin = question.probe_new()
-            except (ValueError, IndexError):
-                break
-            index.append(i)
-            latest.append(ans)
-            finished.append(fin)
+        opened = open_branches(question, self.num_chains)  # all chains open in one batch
+        index = [i for _, i, _ in opened]
+        latest = [ans for ans, _, _ in opened]
+        finished = [fin for _, _, fin in opened]
         n = len(index)
         if n == 0:
             return None
@@ -57,13 +50,13 @@ class ParallelProbe(BuiltinController):
         off_track = [0] * n
         stable, prev = 0, None
         for step in range(self.max_steps):
-            for k in range(n):
-                if pruned[k]:
-                    continue
-                for _ in range(self.probe_burst):
-                    if finished[k]:
-                        break
-                    latest[k], finished[k] = question.probe_more(index[k])
+            # 1. every branch neither pruned nor finished takes up to probe_burst steps, one batch per burst step
+            for _ in range(self.probe_burst):
+                due = [k for k in range(n) if not pruned[k] and not finished[k]]
+                if not due:
+                    break
+                for k, (ans, fin) in zip(due, step_branches(question, [index[k] for k in due]), strict=True):
+                    latest[k], finished[k] = ans, fin
             active = [k for k in range(n) if not pruned[k]]
             if not active:
                 break

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit, prange
 
-from core.controllers.base import BuiltinController, register
+from core.controllers.base import BuiltinController, read_branches, register
 from core.kernels import env_arrays, permutation_table, vote_stats_ids
 from core.primitives import majority
 
@@ -29,13 +29,8 @@ class SelfConsistency(BuiltinController):
             raise ValueError("sc: n must be at least 1")
 
     def solve(self, question: Any) -> str | None:
-        answers = []
-        for _ in range(self.n):
-            try:
-                answers.append(question.get_new_branch_final_answer())
-            except IndexError:
-                break
-        return majority(answers)
+        # n full reads (fewer if the pool runs out), requested together so a live model decodes them in one batch
+        return majority(read_branches(question, self.n))
 
     def run_replay(self, env, seeds):
         return _run(*env_arrays(env), permutation_table(env, seeds), self.n)
