@@ -61,8 +61,8 @@ def study_init(folder: str | None, search: tuple[str, ...], heldout: tuple[str, 
     \b
     Examples:
       autotts study init                      # demo: even questions to search, odd ones held out
-      autotts study init runs/qwen --search ../shared/replay/autotts/Qwen3-4B \\
-          --heldout ../shared/replay/autotts/Qwen3-8B
+      autotts study init runs/qwen --search path/to/replay/Qwen3-4B \\
+          --heldout path/to/replay/Qwen3-8B
     """
     beta_list = None
     if betas is not None:

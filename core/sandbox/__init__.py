@@ -1,7 +1,7 @@
 """Sandboxed evaluation of untrusted controller code (candidates written by a coding agent).
 
 Candidate code never runs in the calling process. It runs in worker processes, each locked down in layers
-(docs: ../shared/docs/sandbox-notes.md §9):
+(the design follows the measured isolation notes of the project):
 
 * **strong** — bubblewrap (mount, network and pid namespaces: only the interpreter, numpy/scipy and this `core`
   package exist, read-only) + drop to uid 65534 when root + Landlock + seccomp + rlimits;
