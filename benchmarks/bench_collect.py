@@ -179,6 +179,7 @@ def main() -> None:
         rows.append(r)
         if binary:
             ref.update(run_batched_bench(binary, model, [n], n_prompt, args))
+            print(json.dumps({"parallel": n, "llama_cpp_tg_tok_s": ref.get(n)}), file=sys.stderr, flush=True)
     print(f"\nmodel {model.name} ({info['model_desc']}), n_gpu_layers {args.n_gpu_layers}, prompt {n_prompt} tokens, "
           f"{args.tokens} thinking tokens per branch, probe every {args.interval} ({args.probe_tokens} greedy tokens), "
           f"kv {'unified' if args.kv_unified else 'one stream per branch'}")

@@ -7,10 +7,11 @@ branches share each pass over the weights. Sampling and confidence signals are c
 
 KV layouts (`kv_unified`):
 
-* False (default): one KV stream per branch. Each branch prefills its own copy of the prompt (batched with the
-  other branches' steps). Attention only reads the branch's own cells, in position order, so on CPU a branch's
+* False (default): one KV stream per branch. Each branch prefills its own copy of the prompt (in a call of its
+  own). Attention only reads the branch's own cells, in position order, so on CPU a branch's
   tokens do not depend on which other branches share its batches: a resumed collection reproduces an
-  uninterrupted one bit for bit. Also the faster layout for long, divergent branches.
+  uninterrupted one bit for bit (how the calls are shaped for that: `batching.py`). Also the faster layout
+  for long, divergent branches.
 * True: one pool of cells shared by all sequences; a prompt is decoded once into a holder sequence and shared
   by its branches without copying. Results may differ in the last bits with batch composition.
 
@@ -40,14 +41,12 @@ from core.collect.backend import (
     Extend,
     ProbeResult,
 )
+from core.collect.batching import BatchDecoder
 from core.collect.protocol import THINK_END, SamplingParams, box_close
 from core.collect.sampling import CONF_TOP_K, sample_rows
 
 _KV_TYPES = {"f16": (1, 2.0), "q8_0": (8, 34 / 32), "f32": (0, 4.0)}  # name -> (GGML type id, bytes per element)
 _LOG_CALLBACK: Any = None  # keeps the ctypes log callback alive
-LOCKSTEP_MAX = 64
-"""Feeds up to this long (probe texts, forced texts) are decoded one token per call together with the other
-branches' steps; longer ones and prompts alone (see `LlamaEngine._decode`)."""
 _BACKEND_READY = False
 
 
@@ -92,7 +91,7 @@ class _Branch:
     finished: bool = False
 
 
-class LlamaEngine:
+class LlamaEngine(BatchDecoder):
     """Batched branch generation with llama.cpp. Implements `core.collect.backend.Backend`.
 
     `branch_tokens` is the most tokens one branch will generate, forced and probe tokens included
@@ -304,139 +303,6 @@ class LlamaEngine:
         self._free_holders = list(range(n_par + n_holders - 1, n_par - 1, -1))
         self._n_streams = 1 if self.kv_unified else cp.n_seq_max
         self._make_batch()
-
-    def _make_batch(self) -> None:
-        L, cap = self._L, self.n_batch
-        self._b_tok = np.zeros(cap, np.int32)
-        self._b_pos = np.zeros(cap, np.int32)
-        self._b_nseq = np.ones(cap, np.int32)
-        self._b_seq = np.zeros(cap, np.int32)
-        self._b_out = np.zeros(cap, np.int8)
-        i32p = ctypes.POINTER(ctypes.c_int32)
-        base = self._b_seq.ctypes.data
-        self._b_seq_ptrs = (i32p * cap)(*[ctypes.cast(base + 4 * i, i32p) for i in range(cap)])
-        b = L.llama_batch()
-        b.n_tokens = 0
-        b.token = self._b_tok.ctypes.data_as(i32p)
-        b.embd = ctypes.POINTER(ctypes.c_float)()
-        b.pos = self._b_pos.ctypes.data_as(i32p)
-        b.n_seq_id = self._b_nseq.ctypes.data_as(i32p)
-        b.seq_id = ctypes.cast(self._b_seq_ptrs, ctypes.POINTER(i32p))
-        b.logits = self._b_out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        self._batch = b
-
-    def _decode(self, entries: Sequence[tuple[int, Sequence[int], int, bool]], on_rows: Any) -> None:
-        """Decode entries (seq, tokens, first position, want logits of the last token).
-
-        After each llama_decode, `on_rows(entry_indices, logits[n_out, n_vocab])` gets the rows of the entries
-        whose last token was in that call (the array is only valid during the call).
-
-        With one KV stream per sequence (and `batch_invariant`), the calls are shaped so that a sequence's
-        numbers never depend on which other sequences are decoded with it (on CPU; the tests check it bit for
-        bit). llama.cpp's kernels give results that depend on a multi-token entry's rows in the batch, cut a batch
-        into ubatches per run of adjacent streams with equal tokens per stream, and use other kernels for a
-        ubatch of one stream. So a prompt (an entry starting at position 0) or a feed longer than LOCKSTEP_MAX is
-        decoded alone, in pieces of n_ubatch tokens; everything else advances in lockstep, one token per stream
-        per call, every row asking for logits when any does, and every stream without an adjacent stream in the
-        call gets a throw-away companion token on its neighbour, removed right after the call.
-        """
-        if self.kv_unified or not self.batch_invariant:
-            singles = [i for i, e in enumerate(entries) if len(e[1]) == 1]
-            by_len: dict[int, list[int]] = {}
-            for i, e in enumerate(entries):
-                if len(e[1]) > 1:
-                    by_len.setdefault(len(e[1]), []).append(i)
-            for n_tok, idxs in by_len.items():
-                per_call = max(1, self.n_ubatch // n_tok)
-                for k in range(0, len(idxs), per_call):
-                    self._call(entries, idxs[k:k + per_call], on_rows)
-            if singles:
-                self._call(entries, singles, on_rows)
-            return
-        lock = []
-        for i, (_, toks, pos0, _) in enumerate(entries):
-            if len(toks) > 1 and (pos0 == 0 or len(toks) > LOCKSTEP_MAX):
-                self._call(entries, [i], on_rows)
-            else:
-                lock.append(i)
-        if lock:
-            self._lockstep(entries, lock, on_rows)
-
-    def _companions(self, seqs: list[int]) -> list[int]:
-        """Streams to add so that every stream in `seqs` has a neighbouring stream in the call."""
-        present = set(seqs)
-        extra = []
-        for s in sorted(seqs):
-            if s - 1 in present or s + 1 in present:
-                continue
-            nb = s + 1 if s + 1 < self._n_streams else s - 1
-            present.add(nb)
-            extra.append(nb)
-        return extra
-
-    def _lockstep(self, entries: Sequence[tuple[int, Sequence[int], int, bool]], idxs: list[int], on_rows: Any) -> None:
-        """Advance the entries one token per call, in stream order, with companions (see `_decode`)."""
-        L = self._L
-        for j in range(max(len(entries[i][1]) for i in idxs)):
-            live = [i for i in idxs if len(entries[i][1]) > j]
-            out = any(entries[i][3] and len(entries[i][1]) == j + 1 for i in live)
-            slots: list[tuple[int, int, int, int]] = []  # (seq, token, position, entry or -1)
-            for i in live:
-                seq, toks, pos0, want = entries[i]
-                slots.append((seq, toks[j], pos0 + j, i if want and len(toks) == j + 1 else -1))
-            comps = [(nb, int(L.llama_memory_seq_pos_max(self._mem, nb)) + 1)
-                     for nb in self._companions([entries[i][0] for i in live])]
-            slots += [(nb, slots[0][1], at, -1) for nb, at in comps]
-            slots.sort(key=lambda x: x[0])
-            for k, (seq, tok, pos, _) in enumerate(slots):
-                self._put(k, seq, [tok], pos, out)
-            try:
-                self._run(len(slots), [x[3] for x in slots] if out else [], on_rows)
-            finally:
-                for nb, at in comps:
-                    L.llama_memory_seq_rm(self._mem, nb, at, -1)
-
-    def _call(self, entries: Sequence[tuple[int, Sequence[int], int, bool]], idxs: list[int], on_rows: Any) -> None:
-        """llama_decode over whole entries of one length (a lone entry longer than n_ubatch: in pieces)."""
-        n_tok = len(entries[idxs[0]][1])
-        piece = n_tok if len(idxs) > 1 else min(n_tok, self.n_ubatch)
-        for k in range(0, n_tok, piece):
-            n = 0
-            outs = []
-            last = k + piece >= n_tok
-            for ei in idxs:
-                seq, toks, pos0, want = entries[ei]
-                part = toks[k:k + piece]
-                self._put(n, seq, part, pos0 + k, want and last)
-                n += len(part)
-                if want and last:
-                    outs.append(ei)
-            self._run(n, outs, on_rows)
-
-    def _put(self, at: int, seq: int, toks: Sequence[int], pos0: int, want: bool) -> None:
-        m = len(toks)
-        self._b_tok[at:at + m] = toks
-        self._b_pos[at:at + m] = np.arange(pos0, pos0 + m, dtype=np.int32)
-        self._b_seq[at:at + m] = seq
-        self._b_out[at:at + m] = 0
-        if want:
-            self._b_out[at + m - 1] = 1
-
-    def _run(self, n: int, outs: list[int], on_rows: Any) -> None:
-        """Decode the first n batch slots; `outs` names the entry of each output row (−1: a row to discard)."""
-        self._batch.n_tokens = n
-        rc = self._L.llama_decode(self._ctx, self._batch)
-        if rc != 0:
-            what = "no free KV cells (the cache is full)" if rc == 1 else f"error code {rc}"
-            raise BackendError(f"llama_decode failed: {what}")
-        if outs:
-            ptr = self._L.llama_get_logits(self._ctx)
-            rows = np.ctypeslib.as_array(ptr, shape=(len(outs), self.n_vocab))
-            keep = [i for i, e in enumerate(outs) if e >= 0]
-            if len(keep) == len(outs):
-                on_rows(outs, rows)
-            else:
-                on_rows([outs[i] for i in keep], rows[keep])
 
     # ----- prompts and branches -----------------------------------------------------------------------------
     def add_prompt(self, text: str) -> int:
