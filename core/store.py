@@ -94,7 +94,9 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(_SUFFIXES))
+            # `*.meta.json` sidecars (written beside paper-format exports) describe a file; they are not one
+            found = sorted(f for f in p.rglob("*")
+                           if f.is_file() and f.name.endswith(_SUFFIXES) and not f.name.endswith(".meta.json"))
             if not found:
                 raise EnvironmentPathError(f"{p}: folder holds no replay files (*.json or *.json.gz)")
             files.extend(found)

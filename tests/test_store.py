@@ -145,3 +145,11 @@ def test_signal_length_mismatch(tmp_path):
     with pytest.raises(ReplayFormatError, match="one value per probe") as info:
         load_environment(write(tmp_path, doc))
     assert info.value.field == "signals.mean_logprob"
+
+
+def test_folder_skips_meta_sidecars(tmp_path):
+    from core.store import expand_paths
+
+    write(tmp_path, GOOD, "bench.json")
+    (tmp_path / "bench.meta.json").write_text('{"model": "m"}')
+    assert [p.name for p in expand_paths([tmp_path])] == ["bench.json"]
