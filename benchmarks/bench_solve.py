@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from core.collect.engine import LlamaEngine  # noqa: E402
 from core.evaluate import resolve_controller  # noqa: E402
-from core.live import LiveSolver, live_settings  # noqa: E402
+from core.live import BlockingView, LiveSolver, live_settings  # noqa: E402
 
 QUESTIONS = [
     "Find the remainder when 2^100 is divided by 7.",
@@ -50,27 +50,13 @@ def default_model() -> Path:
     return path
 
 
-class Blocking:
-    """The question through its single-branch calls only (a controller written in the blocking style)."""
-
-    HIDDEN = ("probe_new_many", "probe_more_many", "extend_many", "get_new_branch_final_answers")
-
-    def __init__(self, question: Any):
-        self._q = question
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self.HIDDEN:
-            raise AttributeError(name)
-        return getattr(self._q, name)
-
-
 def run(solver: LiveSolver, spec: str, texts: list[str], blocking: bool) -> dict[str, Any]:
     ctrl, label = resolve_controller(spec)
     rows = []
     for i, text in enumerate(texts):
         with solver.question(text, index=i) as q:
             t = time.perf_counter()
-            answer = ctrl.solve(Blocking(q) if blocking else q)
+            answer = ctrl.solve(BlockingView(q) if blocking else q)
             seconds = time.perf_counter() - t
             rows.append({"answer": answer, "tokens": q.tokens, "probe_tokens": q.probe_tokens, "branches": q.num_opened,
                          "seconds": seconds, "extend_calls": q.extend_calls, "probe_calls": q.probe_calls})

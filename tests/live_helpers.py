@@ -11,7 +11,7 @@ import numpy as np
 from collect_helpers import FakeBackend
 
 from core.collect.backend import BranchStateError, Chunk, Extend, ProbeResult
-from core.live import live_settings
+from core.live import BlockingView, live_settings
 
 SCRIPTED = live_settings(interval=16, max_tokens=160, answer_tokens=24, probe_tokens=8)
 """Small settings for the scripted backend: up to 10 probes, every way of ending."""
@@ -83,15 +83,4 @@ class Counting:
         return out
 
 
-class Blocking:
-    """A question seen through the single-branch calls only, as a controller written in the blocking style sees it."""
-
-    HIDDEN = ("probe_new_many", "probe_more_many", "extend_many", "get_new_branch_final_answers")
-
-    def __init__(self, question: Any):
-        self._q = question
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self.HIDDEN:
-            raise AttributeError(name)
-        return getattr(self._q, name)
+Blocking = BlockingView  # the tests' name for the blocking-style view

@@ -5,7 +5,7 @@ and `solver` (`LiveSolver`, `LiveResult`, `recorded_environment`). Nothing here 
 built by the caller (`core.collect.engine.LlamaEngine`, `core.collect.openai_backend.OpenAIBackend`).
 """
 
-from core.live.question import DEFAULT_MAX_BRANCHES, AnswerCanon, LiveQuestion
+from core.live.question import DEFAULT_MAX_BRANCHES, AnswerCanon, BlockingView, LiveQuestion
 from core.live.solver import (
     LiveItem,
     LiveResult,
@@ -19,6 +19,7 @@ from core.live.solver import (
 __all__ = [
     "DEFAULT_MAX_BRANCHES",
     "AnswerCanon",
+    "BlockingView",
     "LiveItem",
     "LiveQuestion",
     "LiveResult",

@@ -404,3 +404,18 @@ class LiveQuestion:
 
     def __repr__(self) -> str:
         return f"<LiveQuestion opened={self._next} tokens={self._cost}>"
+
+
+class BlockingView:
+    """A question seen through its single-branch calls only: how a controller written in the blocking style sees
+    it (batch calls hidden, so the built-ins fall back to one branch at a time). Used to measure what batching buys."""
+
+    HIDDEN = ("probe_new_many", "probe_more_many", "extend_many", "get_new_branch_final_answers")
+
+    def __init__(self, question: Any):
+        self._q = question
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.HIDDEN:
+            raise AttributeError(name)
+        return getattr(self._q, name)
