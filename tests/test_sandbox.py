@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import textwrap
 import time
@@ -57,10 +58,24 @@ def make_env(name: str = "toy/synthetic", n_questions: int = 4, seed: int = 0) -
 
 
 ENV = make_env()
-# AUTOTTS_TEST_SANDBOX_BWRAP=0 runs every attack at the medium level (no bubblewrap) instead.
+# AUTOTTS_TEST_SANDBOX_BWRAP=0 runs the single-level tests without bubblewrap (the sandbox's own namespaces).
 USE_BWRAP = os.environ.get("AUTOTTS_TEST_SANDBOX_BWRAP", "1") != "0"
-QUICK = SandboxSettings(timeout_s=20, workers=1, audit_episodes=0, use_bwrap=USE_BWRAP)
-BWRAP = probe_isolation()["bwrap_usable"] and USE_BWRAP
+QUICK = SandboxSettings(timeout_s=20, workers=2, audit=False, use_bwrap=USE_BWRAP)
+PROBE = probe_isolation()
+BWRAP = PROBE["bwrap_usable"] and USE_BWRAP
+
+# Every isolation level this machine can run: the hostile candidates below are run at each.
+LEVEL_SETTINGS = {
+    "bwrap": replace(QUICK, use_bwrap=True),
+    "native": replace(QUICK, use_bwrap=False, use_native_namespaces=True),
+    "medium": replace(QUICK, use_bwrap=False, use_native_namespaces=False),
+}
+EXPECTED_LEVEL = {"bwrap": "strong", "native": "strong", "medium": "medium"}
+AVAILABLE = {"bwrap": bool(PROBE["bwrap_usable"]), "native": bool(PROBE["native_namespaces"]),
+             "medium": PROBE["landlock_abi"] > 0 and PROBE["seccomp"]}
+every_level = pytest.mark.parametrize("level", [
+    pytest.param(k, marks=pytest.mark.skipif(not v, reason=f"level {k} is not available on this machine"))
+    for k, v in AVAILABLE.items()])
 
 
 def run(source: str, settings: SandboxSettings = QUICK, seeds=range(2), options=None, env=ENV) -> CandidateRun:
@@ -136,26 +151,29 @@ def test_probe_isolation_reports_capabilities():
     assert info["expected_level"] in ("strong", "medium", "weak", "minimal")
 
 
-def test_isolation_report_contents():
-    r = run(SIMPLE)
+@every_level
+def test_isolation_report_contents(level):
+    r = run(SIMPLE, LEVEL_SETTINGS[level])
     assert r.ok, r.error
     iso = r.isolation
-    assert set(iso) >= {"level", "bwrap", "mount_ns", "net_ns", "pid_ns", "uid", "landlock_abi", "seccomp",
-                        "rlimits", "timeout_s", "ended_by"}
-    assert iso["ended_by"] is None and iso["timeout_s"] == QUICK.timeout_s
-    assert iso["rlimits"]["as_mb"] == QUICK.memory_mb and iso["rlimits"]["nofile"] == 64
-    assert iso["rlimits"]["cpu_s"] == int(np.ceil(QUICK.timeout_s)) + 1 and iso["rlimits"]["core"] == 0
-    assert iso["seccomp"] and iso["no_new_privs"]
-    assert iso["landlock_abi"] == probe_isolation()["landlock_abi"] > 0
-    assert iso["uid"] != 0  # root drops to nobody
-    if BWRAP:
-        assert iso["level"] == "strong" and iso["bwrap"]
-        assert iso["mount_ns"] and iso["net_ns"] and iso["pid_ns"]
+    assert iso.ended_by is None and iso.timeout_s == QUICK.timeout_s and iso.scoring == "by construction"
+    assert iso.rlimits["as_mb"] == QUICK.memory_mb and iso.rlimits["nofile"] == 64 and iso.rlimits["fsize_mb"] == 0
+    assert iso.rlimits["cpu_s"] == int(np.ceil(QUICK.timeout_s)) + 1 and iso.rlimits["core"] == 0
+    assert iso.seccomp and iso.no_new_privs
+    assert iso.landlock_abi == PROBE["landlock_abi"] > 0
+    assert iso.uid != 0 or PROBE["euid"] != 0  # root drops to nobody
+    assert iso.level == EXPECTED_LEVEL[level]
+    assert any("timing channels" in u for u in iso.unprotected)
+    if iso.level == "strong":
+        assert iso.mount_ns and iso.net_ns and iso.pid_ns and iso.ipc_ns
+        assert iso.namespaces == ("bwrap" if level == "bwrap" else "native") and iso.bwrap == (level == "bwrap")
     else:
-        assert iso["level"] == "medium"
+        assert not (iso.mount_ns or iso.net_ns or iso.pid_ns) and iso.namespaces is None
+        assert any("below the strongest level" in n for n in iso.notes)
+        assert any("no namespaces of their own" in u for u in iso.unprotected)
 
 
-def test_medium_level_without_bwrap_still_blocks_files():
+def test_medium_level_without_namespaces_still_blocks_files():
     r = run(attack('''
         out = []
         for p in ("/etc/passwd", "/proc/1/environ"):
@@ -164,22 +182,23 @@ def test_medium_level_without_bwrap_still_blocks_files():
             except OSError as e:
                 out.append(type(e).__name__)
         raise RuntimeError(repr(out))
-    '''), SandboxSettings(timeout_s=20, workers=1, audit_episodes=0, use_bwrap=False))
-    assert r.isolation["level"] == "medium" and not r.isolation["bwrap"] and not r.isolation["mount_ns"]
+    '''), LEVEL_SETTINGS["medium"])
+    assert r.isolation.level == "medium" and not r.isolation.bwrap and not r.isolation.mount_ns
     assert attack_result(r) == "RuntimeError: ['PermissionError', 'PermissionError']"
 
 
 def test_strict_refuses_below_required_level_before_spawning():
     t = time.perf_counter()
-    r = run(SIMPLE, SandboxSettings(level="strict", use_bwrap=False, min_level="strong", audit_episodes=0))
+    r = run(SIMPLE, SandboxSettings(level="strict", use_bwrap=False, use_native_namespaces=False,
+                                    min_level="strong", audit=False))
     assert not r.ok and "below the required 'strong'" in r.error
-    assert r.isolation["workers"] == {} and time.perf_counter() - t < 1.0
+    assert r.isolation.workers == {"zygote": 0, "cells": 0} and time.perf_counter() - t < 1.0
 
 
 def test_environment_variable_overrides_level(monkeypatch):
     monkeypatch.setenv("AUTOTTS_SANDBOX", "off")
     r = run(SIMPLE)
-    assert r.ok and r.isolation["level"] == "off"
+    assert r.ok and r.isolation.level == "off"
     monkeypatch.setenv("AUTOTTS_SANDBOX", "bogus")
     with pytest.raises(SandboxError, match="not one of strict, auto, off"):
         run(SIMPLE)
@@ -190,12 +209,13 @@ def test_environment_variable_overrides_level(monkeypatch):
 def test_cmc_candidate_matches_builtin_and_passes_audit():
     seeds = range(4)
     env2 = make_env("toy/second", n_questions=3, seed=1)
-    settings = replace(QUICK, timeout_s=60, workers=2, audit_episodes=12)
+    settings = replace(QUICK, timeout_s=60, workers=3, audit=True)
     calls = []
     r = run_candidate(CMC_SOURCE, [ENV, env2], [{"beta": 0.5}, {"beta": 0.2}], seeds=seeds, settings=settings,
                       progress=lambda d, n: calls.append((d, n)))
     assert r.ok, (r.error, r.traceback)
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # 2 envs × 2 β × 4 seeds = 16 cells, every one run twice by the audit (a small run is audited whole)
+    assert calls == [(k, 32) for k in range(1, 33)]
     for env in (ENV, env2):
         for beta in ("0.5", "0.2"):
             ref = evaluate(env, f"cmc:beta={beta}", seeds)
@@ -206,17 +226,18 @@ def test_cmc_candidate_matches_builtin_and_passes_audit():
             assert (mine.accuracy, mine.avg_tokens) == (ref.accuracy, ref.avg_tokens)
             opened = r.opened[(env.name, f"beta={beta}")]
             assert opened.dtype == np.int32 and opened.shape == (4, env.n_questions) and (opened >= 2).all()
-    assert r.audit["passed"] and r.audit["checked"] == 24 and r.audit["mismatches"] == []
+    assert r.audit.passed and r.audit.checked == r.audit.sample_size == 4 * 2 * (ENV.n_questions + env2.n_questions)
+    assert r.audit.mismatches == [] and r.cells == 32
 
 
 def test_off_level_runs_in_process_with_same_results():
-    a = run(CMC_SOURCE, replace(QUICK, level="off", audit_episodes=10), options=[{"beta": 0.4}])
-    b = run(CMC_SOURCE, replace(QUICK, workers=1, audit_episodes=0), options=[{"beta": 0.4}])
-    assert a.ok and b.ok and a.isolation["level"] == "off"
+    a = run(CMC_SOURCE, replace(QUICK, level="off"), options=[{"beta": 0.4}])
+    b = run(CMC_SOURCE, replace(QUICK, workers=1, audit=False), options=[{"beta": 0.4}])
+    assert a.ok and b.ok and a.isolation.level == "off" and a.isolation.scoring.startswith("in-process")
     key = (ENV.name, "beta=0.4")
     assert a.results[key].answers == b.results[key].answers
     assert (a.results[key].tokens == b.results[key].tokens).all()
-    assert a.audit["passed"] and a.audit["checked"] == 10
+    assert a.audit.passed and a.audit.skipped
 
 
 def test_trace_episode_records_the_parents_view():
@@ -234,29 +255,36 @@ def test_trace_episode_reports_failures():
     with pytest.raises(SandboxError, match=r"solve\(\) raised KeyError: 'boom'") as info:
         trace_episode("class C:\n    def solve(self, q):\n        raise KeyError('boom')\n", ENV, {}, 0, 0,
                       replace(QUICK, timeout_s=20))
-    assert "line 3, in solve" in info.value.traceback and info.value.isolation["level"] in ("strong", "medium")
+    assert "line 3, in solve" in info.value.traceback and info.value.isolation.level in ("strong", "medium")
+    assert "seed 0, question 0" in str(info.value)  # a trace runs its one episode
     with pytest.raises(SandboxError, match="import of 'socket' is not allowed"):
         trace_episode("import socket\n", ENV, {}, 0, 0, replace(QUICK, timeout_s=20))
 
 
-def test_gold_and_question_texts_never_reach_the_worker():
+@every_level
+def test_no_replay_data_reaches_the_worker(level):
+    """No environment, no table, no gold, no unrevealed answer string exists anywhere in the worker's memory."""
     r = run(attack('''
         gc = IMPORT("gc")
-        found = []
+        envs, tables, strings = 0, 0, set()
         for o in gc.get_objects():
-            if type(o).__name__ == "ReplayEnvironment":
-                found.append((o.gold_answers, set(o.questions), int((o.gold_ids >= 0).sum()),
-                              "GOLD-ONLY-IN-PARENT" in repr(o.answer_vocab)))
-        raise RuntimeError(repr(found))
-    '''))
-    assert attack_result(r) == "RuntimeError: [(None, {''}, 0, False)]"
+            name = type(o).__name__
+            envs += name == "ReplayEnvironment"
+            tables += name == "ndarray" and getattr(o, "size", 0) > 100
+            if isinstance(o, list):
+                strings.update(x for x in o if isinstance(x, str) and x.isdigit())
+        raise RuntimeError(repr((envs, tables, sorted(strings))))
+    '''), LEVEL_SETTINGS[level])
+    envs, tables, strings = eval(attack_result(r).removeprefix("RuntimeError: "))  # noqa: S307 - our own repr
+    assert envs == 0 and tables == 0
+    assert not {"10", "20", "30", "40", "1", "2"} & set(strings), strings  # no answer of the toy environment
 
 
 # ----- candidate errors -----------------------------------------------------------------------------------------
 def test_syntax_error_names_the_line():
     r = run("class C:\n    def solve(self, q):\n        return q.probe_new(\n")
     assert not r.ok and r.error == "SyntaxError at line 3: '(' was never closed"
-    assert "return q.probe_new(" in r.traceback and r.isolation["ended_by"] == "error"
+    assert "return q.probe_new(" in r.traceback and r.isolation.ended_by == "error"
     r = run("x = 1\x00\n")
     assert not r.ok and r.error == "SyntaxError: source code string cannot contain null bytes"
 
@@ -275,7 +303,7 @@ def test_forbidden_import_at_module_level():
 def test_forbidden_import_inside_solve(stmt, name):
     r = run(f"class C:\n    def solve(self, q):\n        {stmt}\n        return None\n")
     assert not r.ok and r.error.startswith(f"import of '{name}' is not allowed in controllers")
-    assert "seed 0, question 0" in r.error
+    assert re.search(r"seed [01], question 0\)$", r.error), r.error
 
 
 def test_allowed_imports_work_at_every_level():
@@ -296,7 +324,8 @@ def test_open_builtin_is_unavailable():
 def test_exception_on_first_question_says_where():
     r = run("class C:\n    def solve(self, q):\n        raise KeyError('boom')\n")
     assert not r.ok
-    assert r.error == f"solve() raised KeyError: 'boom' (env {ENV.name}, default options, seed 0, question 0)"
+    assert re.fullmatch(rf"solve\(\) raised KeyError: 'boom' \(env {ENV.name}, default options, seed [01], question 0\)",
+                        r.error), r.error
     assert r.traceback.startswith("Traceback (candidate frames):")
     assert 'File "<candidate>", line 3, in solve' in r.traceback and "raise KeyError('boom')" in r.traceback
     assert "core/evaluate.py" not in r.traceback and "_exec.py" not in r.traceback
@@ -304,31 +333,27 @@ def test_exception_on_first_question_says_where():
 
 def test_exception_on_last_question_says_where():
     last = ENV.n_questions - 1
-    src = f'''
+    src = '''
 class C:
-    def __init__(self):
-        self.calls = 0
-
     def solve(self, q):
-        self.calls += 1
-        if self.calls == 3 * {ENV.n_questions}:
+        if q.fresh_branches_left == 3:  # only the last question has three branches
             return [1, 2][5]
         return q.get_new_branch_final_answer()
 '''
     r = run(src, seeds=[7, 8, 9])
     assert not r.ok and r.error.startswith("solve() raised IndexError: list index out of range")
-    assert r.error.endswith(f"seed 9, question {last})")
+    assert re.search(rf"seed [789], question {last}\)$", r.error), r.error
 
 
 def test_non_string_answer():
     r = run("class C:\n    def solve(self, q):\n        return 42\n")
     assert not r.ok and r.error.startswith("solve() returned int 42")
-    assert "seed 0, question 0" in r.error and "return the answer string" in r.error
+    assert re.search(r"seed [01], question 0", r.error) and "return the answer string" in r.error
 
 
 def test_system_exit_in_solve_is_reported():
     r = run("class C:\n    def solve(self, q):\n        raise SystemExit(3)\n")
-    assert not r.ok and r.error.startswith("solve() raised SystemExit: 3") and "seed 0, question 0" in r.error
+    assert not r.ok and r.error.startswith("solve() raised SystemExit: 3") and re.search(r"seed [01], question 0", r.error)
 
 
 def test_no_controller_and_bad_options():
@@ -342,12 +367,12 @@ def test_source_too_large_is_refused_before_spawning():
     t = time.perf_counter()
     r = run("x = 1\n" + "#" * (5 << 20))
     assert not r.ok and "bytes; the limit is 262144 bytes (256 KB)" in r.error
-    assert r.isolation["level"] == "not started" and time.perf_counter() - t < 0.5
+    assert r.isolation.level == "not started" and time.perf_counter() - t < 0.5
 
 
 def test_printing_megabytes_is_capped_not_an_error():
     src = SIMPLE.replace("answers = []", "answers = []\n        print('x' * 3_000_000)\n        print('END-MARK')")
-    settings = replace(QUICK, timeout_s=20, workers=1, audit_episodes=0, max_output_bytes=4096)
+    settings = replace(QUICK, timeout_s=20, workers=1, audit=False, max_output_bytes=4096)
     r = run(src, settings)
     assert r.ok, r.error
     assert len(r.stdout_tail) < 4096 + 200 and "END-MARK" in r.stdout_tail and "dropped" in r.stdout_tail
@@ -364,15 +389,15 @@ def test_infinite_loop_times_out():
     t = time.perf_counter()
     r = run("class C:\n    def solve(self, q):\n        while True:\n            pass\n",
             replace(QUICK, timeout_s=2, workers=1))
-    assert not r.ok and r.error == "timed out after 2 s" and r.isolation["ended_by"] == "timeout"
+    assert not r.ok and r.error == "timed out after 2 s (0 of 2 cells done)" and r.isolation.ended_by == "timeout"
     assert time.perf_counter() - t < 4
 
 
 def test_memory_bomb_hits_the_memory_limit():
     r = run("class C:\n    def solve(self, q):\n        x = []\n        while True:\n"
             "            x.append(bytearray(1 << 24))\n", replace(QUICK, timeout_s=20, workers=1, memory_mb=768))
-    assert not r.ok and r.error.startswith("memory limit (768 MB) exceeded") and "seed 0, question 0" in r.error
-    assert r.isolation["ended_by"] == "oom" and "MemoryError" in r.traceback
+    assert not r.ok and r.error.startswith("memory limit (768 MB) exceeded") and re.search(r"seed [01], question 0", r.error)
+    assert r.isolation.ended_by == "oom" and "MemoryError" in r.traceback
 
 
 @pytest.mark.slow
@@ -385,7 +410,7 @@ def test_catching_memory_error_and_looping_is_still_killed():
             except MemoryError:
                 keep = keep[:-1]
     '''), replace(QUICK, timeout_s=2, workers=1, memory_mb=512))
-    assert not r.ok and r.isolation["ended_by"] == "timeout"
+    assert not r.ok and r.isolation.ended_by == "timeout"
 
 
 @pytest.mark.slow
@@ -397,7 +422,7 @@ def test_signal_handlers_do_not_stop_the_timeout():
         while True:
             pass
     '''), replace(QUICK, timeout_s=2, workers=1))
-    assert not r.ok and r.isolation["ended_by"] == "timeout"
+    assert not r.ok and r.isolation.ended_by == "timeout"
 
 
 # ----- escapes ------------------------------------------------------------------------------------------------------
@@ -478,12 +503,12 @@ def test_replay_files_are_not_readable(tmp_path):
     assert attack_result(r) in ("RuntimeError: 'FileNotFoundError'", "RuntimeError: 'PermissionError'")
 
 
-def test_writes_outside_scratch_are_blocked():
+def test_no_file_can_be_written():
     import core
     target = __import__("pathlib").Path(core.__file__).resolve().parent / "evil_sandbox_test.py"
     r = run(attack(f'''
         out = []
-        for p in ({str(target)!r}, "/tmp/evil", "/usr/evil", "scratch-file-ok"):
+        for p in ({str(target)!r}, "/tmp/evil", "/usr/evil", "/dev/shm/evil", "cwd-file"):
             try:
                 fd = OS["open"](p, OS["O_WRONLY"] | OS["O_CREAT"])
                 OS["write"](fd, b"x")
@@ -493,7 +518,7 @@ def test_writes_outside_scratch_are_blocked():
         raise RuntimeError(repr(out))
     '''))
     result = eval(attack_result(r).removeprefix("RuntimeError: "))  # noqa: S307
-    assert result[-1] == "written" and "written" not in result[:3], result
+    assert "written" not in result, result  # no scratch either: a worker writes no file at all
     assert not target.exists()
 
 
@@ -535,7 +560,7 @@ def test_signals_and_rlimit_changes_are_blocked():
 
 def test_a_crashing_worker_is_reported_with_the_candidate_line():
     r = run(attack('IMPORT("ctypes").string_at(0)'))
-    assert not r.ok and r.error == "the worker crashed (SIGSEGV)" and r.isolation["ended_by"] == "signal:11"
+    assert not r.ok and r.error == "the worker crashed (SIGSEGV)" and r.isolation.ended_by == "signal:11"
     assert 'File "<candidate>", line' in r.traceback
 
 
@@ -547,77 +572,232 @@ def test_raw_syscalls_through_ctypes_are_blocked():
     assert attack_result(r) == "RuntimeError: [-1, -1]"
 
 
-# ----- integrity audit ----------------------------------------------------------------------------------------------
-AUDIT = replace(QUICK, timeout_s=30, workers=1, audit_episodes=12)
+# ----- scoring by construction and the audit --------------------------------------------------------------------
+AUDIT = replace(QUICK, timeout_s=30, workers=2, audit=True)
 
-PEEKING = '''
-from core.primitives import majority
+HONEST_FALLBACK = "question.probe_new()\n        return question.get_new_branch_final_answer()"
+PEEKING = ESCAPE + """
+import operator
+
+gc, sys = IMPORT("gc"), IMPORT("sys")
+
 
 class Peek:
-    """Reads the unrevealed finals and returns the most popular one after paying for a single branch."""
+    \"\"\"Looks everywhere for the unrevealed finals; returns their majority after paying for two branches.\"\"\"
 
     def solve(self, question):
-        question.probe_new()
+        finals = []
+        for name in ("_answers", "_order", "_costs", "_tokens"):
+            try:
+                finals.append(operator.attrgetter(name)(question))
+            except AttributeError:
+                pass
+            try:
+                finals.append(getattr(question, name))
+            except AttributeError:
+                pass
         try:
-            finals = [question._answers[b][-1] for b in question._order]
-        except AttributeError:  # nothing to peek at: behave
-            return question.get_new_branch_final_answer()
-        return majority(finals)
-'''
-
-TAMPERING = SIMPLE.replace("        return majority(answers)", """        try:
-            question._cost //= 2  # halve the bill where the question object allows it
-        except AttributeError:
+            finals.append(vars(question))
+        except TypeError:
             pass
+        frame = sys._getframe()
+        while frame is not None:  # walk up to whatever called solve()
+            finals += [v for v in frame.f_locals.values() if type(v).__name__ in ("ReplayEnvironment", "ReplayQuestion")]
+            frame = frame.f_back
+        finals += [o for o in gc.get_objects() if type(o).__name__ in ("ReplayEnvironment", "TracedReplayQuestion")]
+        if finals:
+            return "FOUND:" + repr(finals)[:40]
+        HONEST
+""".replace("HONEST", HONEST_FALLBACK)
+HONEST = "class C:\n    def solve(self, question):\n        " + HONEST_FALLBACK + "\n"
+
+TAMPERING = SIMPLE.replace("        return majority(answers)", """        question._cost = 0  # the bill lives in the parent; this changes only the worker's mirror
+        question._next = 0
         return majority(answers)""")
 
-GUESSING = "class C:\n    def solve(self, q):\n        q.probe_new()\n        return 'never-revealed'\n"
+MEMORISER = """
+SEEN = {}
+
+
+class Memo:
+    \"\"\"Pays for every final once, keyed by the question's multiset of finals: would answer free on a repeat.\"\"\"
+
+    def solve(self, q):
+        finals = tuple(sorted(q.get_new_branch_final_answers(q.fresh_branches_left)))
+        if finals in SEEN:
+            return "REPEAT"
+        SEEN[finals] = True
+        return max(set(finals), key=finals.count)
+"""
+
+NONDETERMINISTIC = """
+import time
+
+
+class Coin:
+    def solve(self, q):
+        a = q.get_new_branch_final_answer()
+        if time.perf_counter_ns() // 1000 % 2:
+            q.get_new_branch_final_answer()
+        return a
+"""
 
 
 def test_audit_passes_an_honest_controller():
     r = run(SIMPLE, AUDIT, seeds=range(3))
-    assert r.ok and r.audit["passed"] and r.audit["checked"] == 12 and r.audit["mismatches"] == []
-    assert isinstance(r.audit["sample_seed"], int)
+    assert r.ok and r.audit.passed and r.audit.checked == r.audit.sample_size == 3 * ENV.n_questions
+    assert r.audit.mismatches == [] and isinstance(r.audit.sample_seed, int)
+    assert (r.audit.cheat_rate, r.audit.detection_probability) == (0.02, 0.99)
 
 
-def test_audit_catches_a_peeking_controller():
-    r = run(PEEKING, AUDIT, seeds=range(3))
-    assert r.ok and not r.audit["passed"]
-    assert len(r.audit["mismatches"]) >= 10
-    m = r.audit["mismatches"][0]
-    assert set(m) == {"env", "options", "seed", "question", "reason"} and m["env"] == ENV.name
-    assert "in the fast run" in m["reason"]
-    assert "note" in r.audit
+@every_level
+def test_a_peeking_candidate_gains_nothing(level):
+    """By construction there is nothing to peek at: its score is what its honest actions earn."""
+    settings = replace(LEVEL_SETTINGS[level], audit=True)
+    peek, honest = run(PEEKING, settings, seeds=range(3)), run(HONEST, settings, seeds=range(3))
+    assert peek.ok and honest.ok and peek.audit.passed, (peek.error, peek.traceback)
+    key = (ENV.name, "")
+    assert peek.results[key].answers == honest.results[key].answers
+    assert (peek.results[key].tokens == honest.results[key].tokens).all()
+    assert not any(a.startswith("FOUND") for row in peek.results[key].answers for a in row if a)
 
 
-def test_audit_catches_cost_tampering():
-    r = run(TAMPERING, AUDIT, seeds=range(3))
-    assert r.ok and not r.audit["passed"] and len(r.audit["mismatches"]) == 12
-    assert all("reported by the fast run" in m["reason"] for m in r.audit["mismatches"])
-    blunt = SIMPLE.replace("        return majority(answers)", "        question._cost = 0\n        return majority(answers)")
-    r = run(blunt, AUDIT, seeds=range(3))
-    assert not r.audit["passed"] and all("tokens 0 reported by the fast run" in m["reason"]
-                                         for m in r.audit["mismatches"])
+def test_cost_tampering_changes_nothing_but_the_mirror():
+    a, b = run(TAMPERING, seeds=range(3)), run(SIMPLE, seeds=range(3))
+    assert a.ok and b.ok
+    assert (a.results[(ENV.name, "")].tokens == b.results[(ENV.name, "")].tokens).all()
+    assert a.results[(ENV.name, "")].tokens.min() > 0
 
 
-def test_audit_flags_answers_that_were_never_revealed():
-    r = run(GUESSING, AUDIT)
-    assert r.ok and not r.audit["passed"]
-    assert all("'never-revealed', which was never revealed" in m["reason"] for m in r.audit["mismatches"])
+def test_memory_across_episodes_cannot_pay_off():
+    """A worker runs one cell: each question once. A memoriser never meets a question again, across seeds and
+    settings (the previous design ran all seeds of a setting in one worker, where it would have)."""
+    r = run(MEMORISER, seeds=range(4), options=[{}])
+    assert r.ok, r.error
+    answers = [a for row in r.results[(ENV.name, "")].answers for a in row]
+    assert "REPEAT" not in answers and len(answers) == 4 * ENV.n_questions
+
+
+def test_audit_catches_a_nondeterministic_controller():
+    r = run(NONDETERMINISTIC, AUDIT, seeds=range(6))
+    assert r.ok and not r.audit.passed and r.audit.mismatches
+    m = r.audit.mismatches[0]
+    assert m.env == ENV.name and "in one run" in m.reason and r.audit.note
 
 
 def test_audit_passes_a_controller_that_depends_on_set_order():
-    """Workers share one string-hash seed, so iteration over a set of answers is the same in the re-run."""
+    """Workers share one string-hash seed, so iteration over a set of answers is the same in both runs."""
     src = ("class C:\n    def solve(self, q):\n        seen = {q.get_new_branch_final_answer() for _ in range(3)}\n"
            "        return next(iter(seen))\n")
     r = run(src, AUDIT, seeds=range(3))
-    assert r.ok and r.audit["passed"], r.audit
+    assert r.ok and r.audit.passed, r.audit
 
 
-def test_audit_sample_is_reproducible_with_a_seed():
-    settings = replace(QUICK, timeout_s=30, workers=1, audit_episodes=5, audit_seed=1234, level="off")
-    a, b = run(PEEKING, settings, seeds=range(3)), run(PEEKING, settings, seeds=range(3))
-    assert a.audit["sample_seed"] == 1234 and a.audit["mismatches"] == b.audit["mismatches"]
+def test_audit_sample_size_meets_the_detection_target():
+    from core.sandbox import audit
+
+    # a full search run: 4 environments × 7 β × 100 seeds, 30 questions each
+    k = audit.cells_needed(2800, 30, 30, 0.02, 0.99)
+    assert k == 228 and (1 - 0.02) ** k <= 0.01 < (1 - 0.02) ** (k - 1)
+    assert audit.cells_needed(10, 30, 30, 0.02, 0.99) == 10  # small runs are audited whole
+    assert audit.cells_needed(5000, 15, 30, 0.02, 0.99) > k  # uneven cells: the worst case needs more
+    settings = replace(AUDIT, audit_seed=1234)
+    a, b = run(SIMPLE, settings, seeds=range(3)), run(SIMPLE, settings, seeds=range(3))
+    assert a.audit.sample_seed == b.audit.sample_seed == 1234 and a.audit.passed and b.audit.passed
+
+
+# ----- channels between workers, at every level -----------------------------------------------------------------
+def _sysv_segments() -> set[str]:
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            return {line.split()[1] for line in f.readlines()[1:]}
+    except OSError:
+        return set()
+
+
+CHANNELS = '''
+ctypes = OS["sys"].modules["ctypes"]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*args):
+    r = libc.syscall(*args)
+    return "ok" if r >= 0 else OS["strerror"](ctypes.get_errno())
+def errno_of(fn):
+    try:
+        fn()
+        return "ok"
+    except OSError as e:
+        return OS["strerror"](e.errno)
+page = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(bytearray(8192))) & ~4095)
+vec = (ctypes.c_ubyte * 4)()
+'''
+
+
+@every_level
+def test_ipc_page_cache_and_cross_process_calls_are_denied(level):
+    before = _sysv_segments()
+    r = run(attack('''
+        out = {
+            "shmget": call(29, 0, 1 << 20, 0o1666),          # SysV shared memory (IPC_PRIVATE | IPC_CREAT)
+            "msgget": call(68, 0x1234, 0o1666),
+            "semget": call(64, 0x1234, 1, 0o1666),
+            "mq_open": call(240, b"/autotts", 0o100, 0o666, None),
+            "fadvise": errno_of(lambda: OS["posix_fadvise"](0, 0, 0, 4)),    # POSIX_FADV_DONTNEED on /dev/null
+            "readahead": call(187, 0, 0, 4096),
+            "mincore": call(27, page, 4096, vec),
+            "cachestat": call(451, 0, None, None, 0),
+            "preadv2": errno_of(lambda: OS["preadv"](0, [bytearray(8)], 0, 8)),  # RWF_NOWAIT
+            "madvise_pageout": call(28, page, 4096, 21),
+            "madvise_cold": call(28, page, 4096, 20),
+            "process_vm_readv": call(310, 1, None, 0, None, 0, 0),
+            "pidfd_open": call(434, 1, 0),
+            "pidfd_getfd": call(438, 0, 0, 0),
+            "kill_other": errno_of(lambda: OS["kill"](OS["getpid"]() + 1, 0)),
+            "tgkill_other": call(234, OS["getpid"]() + 1, OS["getpid"]() + 1, 0),
+            "dev_shm": errno_of(lambda: OS["open"]("/dev/shm/autotts", OS["O_CREAT"] | OS["O_RDWR"])),
+            "tmp_file": errno_of(lambda: OS["open"]("/tmp/autotts-channel", OS["O_CREAT"] | OS["O_RDWR"])),
+            "read_lib": errno_of(lambda: OS["open"](OS["sys"].executable, OS["O_RDONLY"])),
+        }
+        raise RuntimeError(repr(out))
+    '''.replace("out = {", CHANNELS.replace("\n", "\n        ") + "out = {")), LEVEL_SETTINGS[level])
+    out = eval(attack_result(r).removeprefix("RuntimeError: "))  # noqa: S307 - our own repr
+    assert all(v != "ok" for v in out.values()), out
+    assert _sysv_segments() <= before  # nothing left behind (and nothing made)
+
+
+@every_level
+def test_nothing_one_run_leaves_reaches_a_later_run(level):
+    """Held-out exfiltration needs a place that outlives a worker: try every one, then look from a new run."""
+    secret = "HELDOUT-ANSWERS-7-11-13"
+    writer = attack(f'''
+        tried = []
+        ctypes = OS["sys"].modules["ctypes"]
+        libc = ctypes.CDLL(None, use_errno=True)
+        tried.append(libc.syscall(29, 0x5EC, 4096, 0o1666))             # shmget(key, 4096, IPC_CREAT | 0666)
+        for path in ("/dev/shm/leak", "/tmp/leak", "/var/tmp/leak", "leak"):
+            try:
+                fd = OS["open"](path, OS["O_CREAT"] | OS["O_WRONLY"])
+                OS["write"](fd, {secret!r}.encode())
+                tried.append(path)
+            except OSError:
+                pass
+        raise RuntimeError(repr(tried))
+    ''')
+    reader = attack('''
+        found = []
+        ctypes = OS["sys"].modules["ctypes"]
+        libc = ctypes.CDLL(None, use_errno=True)
+        found.append(libc.syscall(29, 0x5EC, 4096, 0))                   # shmget(key) of an existing segment
+        for path in ("/dev/shm/leak", "/tmp/leak", "/var/tmp/leak", "leak"):
+            try:
+                found.append(OS["read"](OS["open"](path, OS["O_RDONLY"]), 100))
+            except OSError:
+                pass
+        raise RuntimeError(repr(found))
+    ''')
+    assert attack_result(run(writer, LEVEL_SETTINGS[level])) == "RuntimeError: [-1]"
+    assert attack_result(run(reader, LEVEL_SETTINGS[level])) == "RuntimeError: [-1]"
+    assert not any(os.path.exists(p) for p in ("/dev/shm/leak", "/tmp/leak", "/var/tmp/leak"))
 
 
 def test_candidate_may_use_dataclasses():

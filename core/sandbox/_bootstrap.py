@@ -1,51 +1,30 @@
-"""Entry point of a sandbox worker process (run as a script: `python -S -s -P -B _bootstrap.py`).
+"""Entry point of the sandbox zygote process: `python -S -s -P -B _bootstrap.py CONTROL_FD`.
 
-Takes private copies of the pipe descriptors (stdout's becomes the result channel; fd 1 is then pointed at
-stderr so that stray writes cannot corrupt it), reads the init frame, sets the import path to the standard
-library plus the given site directories and loads the `core` modules without running package `__init__`s
-(which would import numba, the MCP layer or the sandbox's parent side). Then hands over to `_worker.main`.
+Points stdin at /dev/null and stdout at stderr (nothing may write to a channel by accident), reads the init
+message from the control socket, sets the import path to the standard library plus the given site directories
+and the package's parent directory, then hands over to `core.sandbox._zygote`.
 """
 
 import json
 import os
-import struct
+import socket
 import sys
-import types
-
-
-def _read_exact(fd, n):
-    data = b""
-    while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
 
 
 def _main():
-    chan_in, chan_out = os.dup(0), os.dup(1)
+    ctrl_fd = int(sys.argv[1])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    n_json, n_blob = struct.unpack("<II", _read_exact(chan_in, 8))
-    init = json.loads(_read_exact(chan_in, n_json))
-    if n_blob:
-        _read_exact(chan_in, n_blob)
+    ctrl = socket.socket(fileno=ctrl_fd)
+    init = json.loads(ctrl.recv(1 << 20))
+    ctrl.detach()
     sys.path.extend(p for p in init["site_dirs"] if p not in sys.path)
-    core_dir = init["core_dir"]
-    for name, sub in (("core", ""), ("core.controllers", "controllers"), ("core.sandbox", "sandbox")):
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [os.path.join(core_dir, sub) if sub else core_dir]
-        pkg.__package__ = name
-        sys.modules[name] = pkg
-        if "." in name:
-            parent, _, child = name.rpartition(".")
-            setattr(sys.modules[parent], child, pkg)
-    from core.sandbox import _worker
+    sys.path.insert(0, init["package_root"])
+    from core.sandbox import _zygote
 
-    _worker.main(chan_in, chan_out, init)
+    _zygote.main(ctrl_fd, init)
 
 
 _main()

@@ -1,112 +1,109 @@
-"""What the parent and a sandbox worker exchange: length-prefixed frames over pipes, and the replay data.
+"""What the parent and a sandbox worker exchange: length-prefixed JSON frames over pipes.
 
-A frame is `<u32 json length><u32 blob length>`, a UTF-8 JSON object, then raw bytes (numpy arrays). The parent
-never unpickles anything a worker sends: JSON and fixed-dtype arrays only, with sizes checked.
+A frame is `<u32 json length>` then a UTF-8 JSON object. The parent never unpickles anything a worker sends:
+JSON only, sizes checked, and it reads worker pipes without blocking (`FrameBuffer`), so a worker that stalls
+mid-frame cannot hang the parent past its deadline.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import select
 import struct
+import time
 import zlib
 from array import array
 from typing import Any
 
-import numpy as np
+import orjson
 
-from core.environment import ReplayEnvironment
-
-HEADER = struct.Struct("<II")
-MAX_FRAME_FROM_WORKER = 64 << 20
-"""A worker frame larger than this is a protocol error (a result frame for 100 seeds × 30 questions is ~100 KB)."""
+HEADER = struct.Struct("<I")
+MAX_FRAME_FROM_WORKER = 16 << 20
+"""A worker frame larger than this is a protocol error (a tick of 30 episodes' calls is a few KB)."""
 
 
 class ProtocolError(Exception):
     """The other side sent something malformed, or closed the pipe."""
 
 
-def write_frame(fd: int, obj: dict[str, Any], blob: bytes = b"") -> None:
-    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-    buf = memoryview(HEADER.pack(len(data), len(blob)) + data + blob)
-    while buf:
-        n = os.write(fd, buf)
-        buf = buf[n:]
+def encode(obj: Any) -> bytes:
+    data = orjson.dumps(obj)
+    return HEADER.pack(len(data)) + data
+
+
+def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
+    """Write everything; on a non-blocking fd wait for room until `deadline` (monotonic), then TimeoutError."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait == 0.0 or not select.select([], [fd], [], wait)[1]:
+                raise TimeoutError("the worker stopped reading") from None
+            continue
+        view = view[n:]
+
+
+def write_frame(fd: int, obj: Any) -> None:
+    write_all(fd, encode(obj))
 
 
 class FrameReader:
-    """Reads frames from a pipe with as few system calls as possible (one per frame when it arrived whole)."""
+    """Blocking reads of frames (the worker side: its parent is trusted)."""
 
-    def __init__(self, fd: int, limit: int | None = None):
-        self.fd, self.limit, self.buf = fd, limit, bytearray()
+    def __init__(self, fd: int):
+        self.fd, self.buf = fd, bytearray()
 
     def _fill(self, n: int) -> None:
         while len(self.buf) < n:
-            chunk = os.read(self.fd, max(4096, n - len(self.buf)))
+            chunk = os.read(self.fd, max(65536, n - len(self.buf)))
             if not chunk:
                 raise EOFError("pipe closed")
             self.buf += chunk
 
-    def read(self) -> tuple[dict[str, Any], bytes]:
-        """One frame; EOFError when the pipe closes, ProtocolError when the frame is malformed or too big."""
+    def read(self) -> Any:
         self._fill(HEADER.size)
-        n_json, n_blob = HEADER.unpack_from(self.buf)
-        if self.limit is not None and n_json + n_blob > self.limit:
-            raise ProtocolError(f"frame of {n_json + n_blob} bytes exceeds the limit of {self.limit}")
-        end = HEADER.size + n_json + n_blob
-        self._fill(end)
-        raw = bytes(self.buf[HEADER.size: HEADER.size + n_json])
-        blob = bytes(self.buf[HEADER.size + n_json: end]) if n_blob else b""
-        del self.buf[:end]
-        try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise ProtocolError(f"malformed frame: {e}") from None
-        if not isinstance(obj, dict):
-            raise ProtocolError("malformed frame: not a JSON object")
-        return obj, blob
+        (n,) = HEADER.unpack_from(self.buf)
+        self._fill(HEADER.size + n)
+        obj = orjson.loads(memoryview(self.buf)[HEADER.size: HEADER.size + n])
+        del self.buf[: HEADER.size + n]
+        return obj
 
 
-# ----- replay data without gold -------------------------------------------------------------------------------
-_ARRAYS = (("branch_offsets", "<i8"), ("interval", "<i8"), ("branch_tokens", "<i8"), ("branch_final", "<i4"),
-           ("probe_offsets", "<i8"), ("probe_answers", "<i4"))
+class FrameBuffer:
+    """Non-blocking frame decoding of what a worker sent (the parent side): feed bytes, take whole frames."""
 
+    def __init__(self, limit: int = MAX_FRAME_FROM_WORKER):
+        self.limit, self.buf = limit, bytearray()
 
-def encode_env(env: ReplayEnvironment) -> tuple[dict[str, Any], bytes]:
-    """The tables a controller's question objects need, from a copy without gold answers or question texts."""
-    safe = env.without_gold()
-    parts: list[bytes] = []
-    layout = []
-    for name, dtype in _ARRAYS:
-        arr = np.ascontiguousarray(getattr(safe, name), dtype=dtype)
-        layout.append([name, dtype, int(arr.shape[0])])
-        parts.append(arr.tobytes())
-    header = {"name": safe.name, "vocab": [list(v) for v in safe.answer_vocab], "arrays": layout}
-    return header, b"".join(parts)
+    def feed(self, data: bytes) -> None:
+        self.buf += data
 
-
-def decode_env(header: dict[str, Any], blob: bytes) -> ReplayEnvironment:
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
-    for name, dtype, n in header["arrays"]:
-        size = np.dtype(dtype).itemsize * n
-        arrays[name] = np.frombuffer(blob, dtype=dtype, count=n, offset=offset).astype(dtype.lstrip("<"))
-        offset += size
-    vocab = tuple(tuple(v) for v in header["vocab"])
-    n_q = len(vocab)
-    return ReplayEnvironment(
-        name=header["name"], metadata={}, questions=("",) * n_q, gold_answers=None, answer_vocab=vocab,
-        gold_ids=np.full(n_q, -1, dtype=np.int32), **arrays,
-    )
+    def frames(self) -> list[dict[str, Any]]:
+        out = []
+        while len(self.buf) >= HEADER.size:
+            (n,) = HEADER.unpack_from(self.buf)
+            if n > self.limit:
+                raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.limit}")
+            if len(self.buf) < HEADER.size + n:
+                break
+            raw = bytes(memoryview(self.buf)[HEADER.size: HEADER.size + n])
+            del self.buf[: HEADER.size + n]
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise ProtocolError(f"malformed frame: {e}") from None
+            if not isinstance(obj, dict):
+                raise ProtocolError("malformed frame: not a JSON object")
+            out.append(obj)
+        return out
 
 
 # ----- per-episode fingerprint ------------------------------------------------------------------------------------
 def fingerprint(question: Any) -> int:
-    """CRC-32 of the per-branch state an episode's actions leave (depth, pruned, read in full); −1 if unreadable."""
-    try:
-        return zlib.crc32(array("q", question._depth).tobytes())
-    except Exception:
-        return -1
+    """CRC-32 of the per-branch state an episode's actions leave (depth, pruned, read in full) — parent side."""
+    return zlib.crc32(array("q", question._depth).tobytes())
 
 
 def options_label(options: dict[str, Any]) -> str:

@@ -2,7 +2,10 @@
 
 Blocked calls fail with EPERM (not a kill, so the controller gets a readable PermissionError): process creation
 (fork, vfork, clone without CLONE_THREAD, execve), sockets, ptrace and cross-process memory, namespaces and mounts,
-kernel keyrings, BPF, perf, io_uring, resource-limit changes, signals to other processes, sessions and uid changes.
+kernel keyrings, BPF, perf, io_uring, resource-limit changes, signals to other processes, sessions and uid changes,
+and every channel between workers the machine would otherwise offer: SysV and POSIX IPC (shared memory, message
+queues, semaphores) and the page-cache probes and evictions (`fadvise64`, `readahead`, `mincore`, `cachestat`,
+`preadv2`/`pwritev2`, and `madvise` with COLD/PAGEOUT/WILLNEED/REMOVE/POPULATE). Timing channels remain.
 `clone3` answers ENOSYS (BPF cannot read its flags; glibc then falls back to `clone`). Threads keep working.
 The filter is synchronised to every thread of the process (TSYNC) and sets no_new_privs.
 """
@@ -16,6 +19,11 @@ _ACT_ALLOW = 0x7FFF0000
 _FLTATR_CTL_TSYNC = 4
 _CMP_MASKED_EQ = 7
 _CLONE_THREAD = 0x00010000
+_CMP_NE = 1
+_CMP_EQ = 4
+DENIED_MADVISE = {"MADV_WILLNEED": 3, "MADV_REMOVE": 9, "MADV_COLD": 20, "MADV_PAGEOUT": 21,
+                  "MADV_POPULATE_READ": 22, "MADV_POPULATE_WRITE": 23}
+"""madvise advice values that evict or load page-cache pages (a channel); malloc's DONTNEED/FREE stay allowed."""
 
 DENIED = (
     "fork", "vfork", "execve", "execveat",
@@ -33,6 +41,12 @@ DENIED = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
     "swapon", "swapoff", "acct", "quotactl", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "fanotify_init", "lookup_dcookie", "iopl", "ioperm", "syslog", "uselib", "personality",
+    # channels between workers: SysV/POSIX IPC, the page cache, other processes' descriptors and memory
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl",
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    "fadvise64", "readahead", "mincore", "cachestat", "preadv2", "pwritev2", "remap_file_pages",
+    "process_madvise", "kcmp",
 )
 """Calls answered with EPERM. `tgkill` stays allowed: raise() and abort() use it on the process itself."""
 
@@ -82,8 +96,11 @@ def load_library(extra: str | None = None) -> ctypes.CDLL:
     raise OSError(f"libseccomp.so.2 could not be loaded ({last})")
 
 
-def install(lib: ctypes.CDLL) -> int:
-    """Load the deny-list filter into this process (all threads). Returns how many rules were added."""
+def install(lib: ctypes.CDLL, own_pid: int | None = None) -> int:
+    """Load the deny-list filter into this process (all threads). Returns how many rules were added.
+
+    With `own_pid`, `tgkill` is allowed only towards this process (raise() and abort() need it; a signal to a
+    sibling worker would be a channel)."""
     ctx = lib.seccomp_init(_ACT_ALLOW)
     if not ctx:
         raise OSError("seccomp_init failed")
@@ -109,6 +126,10 @@ def install(lib: ctypes.CDLL) -> int:
         # clone without CLONE_THREAD creates a process; clone for a thread is allowed.
         add("clone", deny, _ArgCmp(arg=0, op=_CMP_MASKED_EQ, datum_a=_CLONE_THREAD, datum_b=0))
         add("clone3", _errno_action(errno.ENOSYS))
+        for advice in DENIED_MADVISE.values():
+            add("madvise", deny, _ArgCmp(arg=2, op=_CMP_EQ, datum_a=advice, datum_b=0))
+        if own_pid is not None:
+            add("tgkill", deny, _ArgCmp(arg=0, op=_CMP_NE, datum_a=own_pid, datum_b=0))
         rc = lib.seccomp_load(ctx)
         if rc != 0:
             raise OSError(-rc, f"seccomp_load failed: rc {rc}")

@@ -1,0 +1,148 @@
+"""The zygote: a trusted fork server that never runs candidate code.
+
+Started by the parent (under bubblewrap when usable) through `_bootstrap.py`. It imports everything a worker may
+need while files can still be read, makes its own namespaces when bubblewrap did not (`_namespaces.isolate_tree`:
+mount, network, IPC, UTS and a pid namespace whose pid 1 is the zygote, so every worker dies with it), then serves
+the parent over a SOCK_SEQPACKET control socket:
+
+* `fork` + two pipe descriptors (SCM_RIGHTS) → a fresh worker (`_child.main`) on those pipes → `forked`;
+* `wait` → that worker's exit status (`signal:N` or `exit:N`), once it has ended;
+* `kill` → SIGKILL to a worker.
+
+Forking costs about a millisecond where a fresh interpreter costs a hundred, so every cell gets a new process.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import gc
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import orjson
+
+from core.sandbox import _child, _guard, _namespaces
+
+
+def _status_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal:{os.WTERMSIG(status)}"
+    return f"exit:{os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}"
+
+
+class _Server:
+    def __init__(self, ctrl: socket.socket, init: dict[str, Any]):
+        self.ctrl, self.init = ctrl, init
+        self.pids: dict[int, int] = {}
+        self.ended: dict[int, str] = {}
+
+    def reply(self, obj: dict[str, Any]) -> None:
+        self.ctrl.send(orjson.dumps(obj))
+
+    def reap(self, block_for: int | None = None) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(block_for if block_for is not None else -1,
+                                         0 if block_for is not None else os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for wid, p in self.pids.items():
+                if p == pid:
+                    self.ended[wid] = _status_text(status)
+            if block_for is not None:
+                return
+
+    def fork(self, wid: int, fds: list[int]) -> None:
+        fd_in, fd_out = fds
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.ctrl.close()
+                _child.main(fd_in, fd_out, self.init)
+            finally:
+                os._exit(4)
+        os.close(fd_in)
+        os.close(fd_out)
+        self.pids[wid] = pid
+        self.reply({"t": "forked", "id": wid})
+
+    def serve(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.ctrl, 65536, 4)
+            except OSError:
+                return
+            if not data:
+                return
+            msg = orjson.loads(data)
+            wid = int(msg.get("id", -1))
+            kind = msg.get("t")
+            if kind == "fork" and len(fds) == 2:
+                self.fork(wid, fds)
+            elif kind == "kill":
+                pid = self.pids.get(wid)
+                if pid is not None and wid not in self.ended:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            elif kind == "wait":
+                pid = self.pids.get(wid)
+                if pid is not None and wid not in self.ended:
+                    self.reap(block_for=pid)
+                self.reply({"t": "ended", "id": wid, "status": self.ended.pop(wid, "unknown")})
+                self.pids.pop(wid, None)
+            else:
+                for fd in fds:
+                    os.close(fd)
+            self.reap()
+
+
+def _isolate(init: dict[str, Any]) -> dict[str, Any]:
+    """Native namespaces for the worker tree; returns what was made (or why not). Forks: the caller continues as
+    pid 1 of the new pid namespace while the original process waits for it and exits with its status."""
+    try:
+        made = _namespaces.isolate_tree()
+    except OSError as e:
+        return {"made": {}, "error": str(e)}
+    pid = os.fork()
+    if pid:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+    return {"made": made, "error": None}
+
+
+def main(ctrl_fd: int, init: dict[str, Any]) -> None:
+    ctrl = socket.socket(fileno=ctrl_fd)
+    try:
+        faulthandler.enable(file=2)  # a worker crash (SIGSEGV in C code reached through ctypes) shows its stack
+        _namespaces.die_with_parent()
+        if os.getppid() != init["parent_pid"] and not init.get("under_bwrap"):
+            os._exit(1)  # the server died before we armed the signal
+        _guard.preimport()
+        import core.primitives
+
+        core.primitives.beta_confidence_table()
+        _child.prepare(init)
+        ns: dict[str, Any] = {"made": {}, "error": None}
+        if init.get("native_namespaces"):
+            ns = _isolate(init)
+            _namespaces.die_with_parent()  # our parent is now the waiting first process
+        init["child_ipc_ns"] = os.geteuid() == 0  # root (or root in our user namespace) may unshare again
+        init["in_user_ns"] = bool(ns["made"].get("user"))
+        gc.collect()
+        gc.freeze()  # forked workers then share these pages instead of copying them on the first collection
+        ctrl.send(orjson.dumps({"t": "zygote", "namespaces": ns, "pid": os.getpid(), "euid": os.geteuid()}))
+    except BaseException:  # noqa: BLE001 - the parent shows this text
+        os.write(2, ("sandbox zygote setup failed:\n" + traceback.format_exc()).encode())
+        os._exit(2)
+    sys.stdout.flush()
+    _Server(ctrl, init).serve()
+    os._exit(0)
