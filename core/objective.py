@@ -263,6 +263,17 @@ def render_objective(obj: Objective) -> str:
     return "\n".join(lines)
 
 
+def render_curve(curve: Sequence[CurvePoint]) -> str:
+    """One line per point, sorted by β (then tokens): accuracy and tokens with their standard errors over seeds."""
+    lines = [f"{'β':>5} {'accuracy %':>10} {'± SE':>6} {'avg tokens':>11} {'± SE':>8}"]
+    for p in sorted(curve, key=lambda p: (p.beta is None, p.beta or 0.0, p.tokens)):
+        a_se, t_se = p.accuracy_se, p.tokens_se
+        beta = p.label[:5] if p.beta is None else f"{p.beta:g}"
+        lines.append(f"{beta:>5} {p.accuracy:>10.2f} {'-' if a_se is None else f'{a_se:.2f}':>6} {p.tokens:>11,.0f} "
+                     f"{'-' if t_se is None else f'{t_se:,.0f}':>8}")
+    return "\n".join(lines)
+
+
 # ----- leaderboard ---------------------------------------------------------------------------------------------------
 def is_full_grid(betas: Sequence[float], grid: Sequence[float], tol: float = 1e-9) -> bool:
     """Whether a run's βs cover every β of the study's grid."""

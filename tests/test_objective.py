@@ -21,6 +21,7 @@ from core.objective import (
     mean_points,
     objective,
     rank_key,
+    render_curve,
     render_leaderboard,
     render_objective,
     tokens_to_accuracy,
@@ -148,6 +149,9 @@ def test_mean_curve():
     assert mean_points([P(1, 2), P(3, 4, seed_accuracy=(1.0,))]).seed_accuracy == ()
     with pytest.raises(ValueError, match="different β"):
         mean_curve([a, a[:1]])
+    text = render_curve(m + [P(50, 2e5, label="sc:n=64")])
+    assert text.splitlines()[1].split() == ["0", "40.00", "10.00", "100,000", "-"]
+    assert text.splitlines()[-1].split()[0] == "sc:n="
 
 
 @pytest.mark.shared_data
