@@ -272,3 +272,27 @@ def test_long_cmc_episode_fits_one_page(replay_dir):
     finishing = [a for a in action_rows(events, episode_branch_steps(env, q, seed)) if a.finished]
     assert any(a.cost > 500 for a in finishing)
     assert len(finishing) == v.status_counts[BranchStatus.FINISHED]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("spec", ["sc:n=8", "asc", "esc", "parallel-probe", "cmc:beta=0.5"])
+def test_every_builtin_episode(replay_dir, spec):
+    from core.evaluate import evaluate
+    from core.store import load_environment
+
+    env = load_environment(replay_dir / "Qwen3-0.6B" / "aime25.json")
+    res = evaluate(env, spec, seeds=[0, 1], traces=True)
+    budget = own_branch_budget(spec)
+    kinds = set()
+    for (seed, q), events in res.traces.items():
+        si = list(res.seeds).index(seed)
+        v = episode_branch_view(env, q, seed, events, res.answers[si][q], ceiling=64, own_budget=budget)
+        assert v.tokens == int(res.tokens[si, q])
+        assert v.correct == bool(res.correct[si, q])
+        assert len(render_branch_view(v)) <= 8000
+        kinds.add(v.stop.kind)
+        if spec == "sc:n=8":  # reads or steps eight branches to the end, always
+            assert len(v.rows) == 8 and v.stop.kind is StopKind.OWN_BUDGET
+            assert all(r.status in (BranchStatus.FINISHED, BranchStatus.READ) for r in v.rows)
+    if spec in ("asc", "esc", "cmc:beta=0.5"):
+        assert StopKind.STOPPED in kinds  # they stop early on confident questions
