@@ -60,8 +60,11 @@ def test_final_step_costing_more_or_less_than_delta_is_a_finish():
     assert st_[1].final_answer == "5" and st_[1].tokens == 1500
     assert st_[2].final_answer == "9" and st_[2].tokens == 500 and st_[2].steps == 2
     assert st_[3].final_answer is None and st_[3].steps == 1
-    # finish order follows the events: branch 2 finished first (second round), then 0 and 1 (third round)
+    # events 0-3 open the branches; rounds of steps are events 4-6, 7-9, 10-12. Branch 2 finishes in round 1,
+    # branches 0 (a 2,148-token final step) and 1 (a final step of exactly 500) in round 2; round 3 is free.
+    assert (st_[2].finished_at, st_[0].finished_at, st_[1].finished_at) == (6, 7, 8)
     assert (st_[2].finish_order, st_[0].finish_order, st_[1].finish_order) == (1, 2, 3)
+    assert [a.index for a in action_rows(q.events, steps_of(branches, q)) if a.finished] == [6, 7, 8]
     assert st_[3].finish_order is None
     assert format_runs(st_[0].history) == "1 2 7"
     assert v.tokens == q.get_seq_and_total_tokens()[1]
