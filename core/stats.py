@@ -136,3 +136,81 @@ def frontier_position(tokens: float, accuracy: float, frontier: Sequence[Point])
 def is_monotone(values: Sequence[float]) -> bool:
     """Whether tokens rise (weakly) with β — the single-knob schedule rule."""
     return all(b >= a for a, b in zip(values, values[1:], strict=False))
+
+
+# ----- standard errors over seeds and the paired test over seeds ------------------------------------------------------
+# Seeds are the unit: per seed, a run's accuracy (or mean tokens) is the mean over questions; an average over seeds
+# gets the standard error std(ddof=1)/√S of those per-seed values. This measures the noise of the shuffles on the
+# given questions, not the noise of which questions the benchmark happens to hold.
+@dataclass(frozen=True)
+class SeedMean:
+    """An average over seeds with its standard error."""
+
+    mean: float
+    """Mean of the per-seed values."""
+    se: float
+    """Standard error of that mean: std(ddof=1) / √n (0 for fewer than 2 seeds)."""
+    n: int
+    """Number of seeds."""
+
+
+def seed_mean(per_seed: Sequence[float] | np.ndarray) -> SeedMean:
+    """Mean and standard error of per-seed values."""
+    x = np.asarray(per_seed, dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        return SeedMean(math.nan, math.nan, 0)
+    se = float(x.std(ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
+    return SeedMean(float(x.mean()), se, n)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Paired t-test of a − b over seeds, the per-seed values of both runs taken on the same shuffles."""
+
+    diff: float
+    """Mean over seeds of (a − b)."""
+    se: float
+    """Standard error of that mean difference (std(ddof=1) of the per-seed differences / √n)."""
+    t: float
+    """diff / se (±inf when se is 0 and diff is not; 0 when both are)."""
+    df: int
+    """Degrees of freedom, n − 1."""
+    p: float
+    """Two-sided p-value of the paired t-test (Student t with df degrees of freedom)."""
+    ci95: tuple[float, float]
+    """95% t-interval of the mean difference."""
+    within_noise: bool
+    """|diff| < 2·se: the difference is within about two standard errors of zero (a zero difference always is)."""
+    n: int
+    """Number of seeds."""
+
+
+def paired_test(a_per_seed: Sequence[float] | np.ndarray, b_per_seed: Sequence[float] | np.ndarray) -> PairedTest:
+    """Paired t-test over seeds of two runs' per-seed values (same seeds, same order).
+
+    Uses `scipy.special.stdtr`/`stdtrit` for the Student t distribution (not `scipy.stats`, which is slow to
+    import). With fewer than 2 seeds there is no spread: se = 0, p = 1 for a zero difference and 0 otherwise."""
+    a = np.asarray(a_per_seed, dtype=np.float64)
+    b = np.asarray(b_per_seed, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired test needs two equal-length 1-d arrays, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    n = int(d.size)
+    if n == 0:
+        raise ValueError("paired test needs at least one seed")
+    diff = float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
+    df = max(n - 1, 0)
+    if se > 0:
+        from scipy.special import stdtr, stdtrit
+
+        t = diff / se
+        p = float(min(1.0, 2.0 * stdtr(df, -abs(t))))
+        half = float(stdtrit(df, 0.975)) * se
+    else:
+        t = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+        p = 1.0 if diff == 0 else 0.0
+        half = 0.0
+    return PairedTest(diff=diff, se=se, t=t, df=df, p=p, ci95=(diff - half, diff + half),
+                      within_noise=abs(diff) < 2 * se or diff == 0, n=n)
