@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from core.atomic import write_atomic
 from core.environment import ReplayEnvironment
 from core.errors import EnvironmentPathError, ReplayFormatError
 
@@ -380,8 +381,4 @@ def save_environment(env: ReplayEnvironment, path: str | os.PathLike, *, format:
     raw = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if p.name.endswith(".gz"):
         raw = gzip.compress(raw, compresslevel=6, mtime=0)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(raw)
-    os.replace(tmp, p)
-    return p
+    return write_atomic(p, raw)

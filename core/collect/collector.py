@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from core.atomic import write_atomic
 from core.collect.backend import Backend, CapacityError, Chunk, CollectError, Extend, ProbeResult
 from core.collect.protocol import (
     FORCED_THINK_END,
@@ -38,7 +39,6 @@ from core.collect.writer import (
     build_store,
     open_log,
     questions_sha256,
-    write_json_atomic,
 )
 
 
@@ -306,7 +306,8 @@ def collect(
         elapsed = time.perf_counter() - t0
         store_path = None
         if len(log.done) == total:
-            store_path = write_json_atomic(build_store(log.manifest, log.records, qpairs), folder / STORE_NAME)
+            store = build_store(log.manifest, log.records, qpairs)
+            store_path = write_atomic(folder / STORE_NAME, orjson.dumps(store, option=orjson.OPT_SERIALIZE_NUMPY))
         return CollectResult(folder, store_path, len(log.done), total, tokens, elapsed)
     finally:
         log.close()
