@@ -17,7 +17,8 @@ of question q is the same text that `autotts collect` samples for branch i of qu
 Batch calls (`probe_new_many`, `probe_more_many`, `extend_many`, `get_new_branch_final_answers`) advance all the
 branches they name in one `backend.extend` per decode round and one `backend.probe`; single calls advance one
 branch. Probe decode tokens are counted apart (`probe_tokens`): the cost model charges probes κ = 0 (`probe_cost`).
-Answers are normalised as the collector normalises them (`AnswerCanon`), so equivalent forms vote together.
+Answers are normalised as the collector normalises them (`core.collect.normalise.AnswerCanon`), so equivalent forms
+vote together.
 """
 
 from __future__ import annotations
@@ -29,46 +30,14 @@ import numpy as np
 
 from core.collect.backend import Backend, CapacityError, Chunk
 from core.collect.collector import _Run
-from core.collect.normalise import _key, _verify, light_normalise
-from core.collect.protocol import NO_ANSWER, CollectSettings, branch_seed, chat_prompt, final_answer
+from core.collect.normalise import AnswerCanon
+from core.collect.protocol import CollectSettings, branch_seed, chat_prompt, final_answer
 from core.collect.signals import interval_signals
 from core.environment import _FULL_READ, _PRUNED, bad_index_message, check_count
 from core.errors import AutoTTSError
 
 DEFAULT_MAX_BRANCHES = 128
 """Fresh branches a live question offers, as many as a question of the paper's replay data."""
-
-
-class AnswerCanon:
-    """`core.collect.normalise.canonical_answers` one answer at a time, for one question.
-
-    The same raw answer always gets the same string; a new answer joins the first class seen with the same
-    math-verify key, and answers equivalent to `gold` (when known) become the gold string verbatim, as in collected
-    stores (so a recorded run is scored like a collected one)."""
-
-    def __init__(self, gold: str | None = None):
-        self.gold = gold
-        self._by_raw: dict[str | None, str] = {}
-        self._by_key: dict[tuple[str, str], str] = {}
-        self._gold_clean = light_normalise(gold) if gold is not None else None
-        if gold is not None and self._gold_clean is not None:
-            self._by_key[_key(self._gold_clean)] = gold
-
-    def __call__(self, raw: str | None) -> str:
-        out = self._by_raw.get(raw)
-        if out is not None:
-            return out
-        s = light_normalise(raw)
-        if s == NO_ANSWER:
-            out = NO_ANSWER
-        else:
-            k = _key(s)
-            out = self._by_key.get(k)
-            if out is None:
-                same = self._gold_clean is not None and k[0] != "num" and _verify(self._gold_clean, s)
-                out = self._by_key[k] = self.gold if same and self.gold is not None else s
-        self._by_raw[raw] = out
-        return out
 
 
 @dataclass
