@@ -33,6 +33,7 @@ from core.collect.protocol import (
     final_answer,
     probe_answer,
 )
+from core.collect.questions import QuestionItem
 from core.collect.signals import interval_signals
 from core.collect.writer import (
     STORE_NAME,
@@ -40,52 +41,6 @@ from core.collect.writer import (
     open_log,
     questions_sha256,
 )
-
-
-@dataclass(frozen=True)
-class QuestionItem:
-    """One question to collect: its text and gold answer (a normalised string)."""
-
-    question: str
-    gold_answer: str
-
-
-def load_questions(path: str | Path, limit: int | None = None) -> list[QuestionItem]:
-    """Read questions from JSONL (one object per line) or a JSON list (a paper-format replay file works too).
-
-    Each object needs `question` (or `problem`) and `gold_answer` (or `answer`)."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise CollectError(f"{p}: cannot read the questions file ({e.strerror})") from None
-    objs: list[Any]
-    try:
-        doc = orjson.loads(raw)
-        objs = doc if isinstance(doc, list) else [doc]
-    except orjson.JSONDecodeError:
-        objs = []
-        for i, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                objs.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                raise CollectError(f"{p}, line {i}: not JSON; the questions file must be JSONL or a JSON list") from None
-    items = []
-    for i, o in enumerate(objs):
-        if not isinstance(o, dict):
-            raise CollectError(f"{p}, question {i}: expected an object with \"question\" and \"gold_answer\"")
-        q = o.get("question", o.get("problem"))
-        gold = o.get("gold_answer", o.get("answer"))
-        if not isinstance(q, str) or not q:
-            raise CollectError(f"{p}, question {i}: missing \"question\" text")
-        if gold is None:
-            raise CollectError(f"{p}, question {i}: missing \"gold_answer\" (or \"answer\")")
-        items.append(QuestionItem(q, str(gold)))
-    if not items:
-        raise CollectError(f"{p}: holds no questions")
-    return items[:limit] if limit else items
 
 
 @dataclass
@@ -234,7 +189,11 @@ def collect(
     log's manifest. Stops early, leaving a resumable collection, after `max_seconds` (or on KeyboardInterrupt,
     which propagates after the log is closed). Returns the store path once every branch is logged."""
     folder = Path(folder)
-    qpairs = [(q.question, q.gold_answer) for q in questions]
+    qpairs: list[tuple[str, str]] = []
+    for i, item in enumerate(questions):
+        if item.gold_answer is None:
+            raise CollectError(f"question {i} has no gold answer; a collection stores every question's")
+        qpairs.append((item.question, item.gold_answer))
     manifest = {
         "settings": settings.to_dict(),
         "questions_sha256": questions_sha256(qpairs),

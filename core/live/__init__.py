@@ -8,11 +8,9 @@ Nothing here imports llama_cpp: the backend is built by the caller (`core.collec
 
 from core.live.question import DEFAULT_MAX_BRANCHES, BlockingView, LiveQuestion
 from core.live.solver import (
-    LiveItem,
     LiveResult,
     LiveSolver,
     live_settings,
-    load_live_questions,
     open_backend,
     recorded_environment,
 )
@@ -20,12 +18,10 @@ from core.live.solver import (
 __all__ = [
     "DEFAULT_MAX_BRANCHES",
     "BlockingView",
-    "LiveItem",
     "LiveQuestion",
     "LiveResult",
     "LiveSolver",
     "live_settings",
-    "load_live_questions",
     "open_backend",
     "recorded_environment",
 ]
