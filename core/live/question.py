@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from core.collect.backend import Backend, CapacityError, Chunk
-from core.collect.collector import _Run
+from core.collect.branch import BranchRun
 from core.collect.normalise import AnswerCanon
 from core.collect.protocol import CollectSettings, branch_seed, chat_prompt, final_answer
 from core.collect.signals import interval_signals
-from core.environment import _FULL_READ, _PRUNED, bad_index_message, check_count
+from core.environment import FULL_READ, PRUNED, bad_index_message, check_count
 from core.errors import AutoTTSError
 
 DEFAULT_MAX_BRANCHES = 128
@@ -44,7 +44,7 @@ DEFAULT_MAX_BRANCHES = 128
 class _Branch:
     """One live branch: the collector's state machine plus what the controller was shown."""
 
-    run: _Run
+    run: BranchRun
     answers: list[str] = field(default_factory=list)
     """Canonical answers of its probed (non-finishing) steps, in order."""
     final: str | None = None
@@ -95,7 +95,7 @@ class LiveQuestion:
         self._record = record
         self._prompt: int | None = None
         self._branches: list[_Branch] = []
-        self._depth: list[int] = []  # steps taken, or _PRUNED / _FULL_READ (as in ReplayQuestion)
+        self._depth: list[int] = []  # steps taken, or PRUNED / FULL_READ (as in ReplayQuestion)
         self._cost = 0
         self.probe_freq = self._s.interval
         self.probe_tokens = 0
@@ -127,7 +127,7 @@ class LiveQuestion:
                     f"the controller wants more than the {running} branches running at once that the backend holds "
                     f"({e}); raise --parallel (or the KV budget), or use a narrower controller"
                 ) from None
-            self._branches.append(_Branch(_Run(self._qi, i, seed, handle)))
+            self._branches.append(_Branch(BranchRun(self._qi, i, seed, handle)))
             self._depth.append(0)
             out.append(i)
         return out
@@ -264,7 +264,7 @@ class LiveQuestion:
             self._step(todo, probe=self._record)
             todo = [i for i in todo if self._branches[i].final is None]
         for i in idxs:
-            self._depth[i] = _FULL_READ
+            self._depth[i] = FULL_READ
         return [self._branches[i].final for i in idxs]  # type: ignore[misc]
 
     # ----- the action API -------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ class LiveQuestion:
     def prune(self, i: int) -> None:
         """PRUNE(i): deactivate branch i (and free it in the backend)."""
         b = self._get(i)
-        self._depth[i] = _PRUNED
+        self._depth[i] = PRUNED
         self._close(b)
 
     def is_finished(self, i: int) -> bool:
