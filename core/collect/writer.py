@@ -25,7 +25,7 @@ from core.atomic import write_atomic
 from core.collect.backend import CollectError
 from core.collect.normalise import canonical_answers, math_verify_version
 from core.collect.signals import SIGNAL_NAMES
-from core.store import FORMAT_NAME, SCHEMA_VERSION
+from core.store import REPLAY_FORMAT_NAME, REPLAY_SCHEMA_VERSION
 
 LOG_NAME = "branches.jsonl"
 STORE_NAME = "store.json"
@@ -188,7 +188,8 @@ def build_store(manifest: dict[str, Any], records: list[dict[str, Any]], questio
         })
     metadata = dict(manifest.get("store_metadata", {}))
     metadata["normaliser"] = {"name": "autotts.normalise", "math_verify": math_verify_version()}
-    return {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "metadata": metadata, "questions": out_questions}
+    return {"format": REPLAY_FORMAT_NAME, "schema_version": REPLAY_SCHEMA_VERSION, "metadata": metadata,
+            "questions": out_questions}
 
 
 def export_paper(store_path: str | os.PathLike, out_path: str | os.PathLike) -> tuple[Path, Path]:
@@ -203,6 +204,6 @@ def export_paper(store_path: str | os.PathLike, out_path: str | os.PathLike) -> 
             name = name[: -len(suffix)]
             break
     meta = write_atomic(out.with_name(name + ".meta.json"),
-                        orjson.dumps({"schema_version": SCHEMA_VERSION, "source": str(store_path), **env.metadata},
+                        orjson.dumps({"schema_version": REPLAY_SCHEMA_VERSION, "source": str(store_path), **env.metadata},
                                      option=orjson.OPT_SERIALIZE_NUMPY))
     return out, meta

@@ -6,7 +6,7 @@ Nothing here imports llama_cpp: the backend is built by the caller (`core.collec
 `core.collect.openai_backend.OpenAIBackend`).
 """
 
-from core.live.question import DEFAULT_MAX_BRANCHES, BlockingView, LiveQuestion
+from core.live.question import BlockingView, LiveQuestion
 from core.live.solver import (
     LiveResult,
     LiveSolver,
@@ -16,7 +16,6 @@ from core.live.solver import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_BRANCHES",
     "BlockingView",
     "LiveQuestion",
     "LiveResult",

@@ -31,13 +31,16 @@ import numpy as np
 from core.collect.backend import Backend, CapacityError, Chunk
 from core.collect.branch import BranchRun
 from core.collect.normalise import AnswerCanon
-from core.collect.protocol import CollectSettings, branch_seed, chat_prompt, final_answer
+from core.collect.protocol import (
+    BRANCHES_PER_QUESTION,
+    CollectSettings,
+    branch_seed,
+    chat_prompt,
+    final_answer,
+)
 from core.collect.signals import interval_signals
 from core.environment import FULL_READ, PRUNED, bad_index_message, check_count
 from core.errors import AutoTTSError
-
-DEFAULT_MAX_BRANCHES = 128
-"""Fresh branches a live question offers, as many as a question of the paper's replay data."""
 
 
 @dataclass
@@ -77,7 +80,7 @@ class LiveQuestion:
         *,
         settings: CollectSettings | None = None,
         question_index: int = 0,
-        max_branches: int = DEFAULT_MAX_BRANCHES,
+        max_branches: int = BRANCHES_PER_QUESTION,
         probe_cost: int = 0,
         gold: str | None = None,
         record: bool = False,

@@ -22,11 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.collect.backend import Backend
-from core.collect.protocol import DEFAULT_INSTRUCTION, CollectSettings, SamplingParams, chat_prompt
+from core.collect.protocol import (
+    BRANCHES_PER_QUESTION,
+    DEFAULT_INSTRUCTION,
+    CollectSettings,
+    SamplingParams,
+    chat_prompt,
+)
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
 from core.evaluate import resolve_controller
-from core.live.question import DEFAULT_MAX_BRANCHES, LiveQuestion
+from core.live.question import LiveQuestion
 
 
 def live_settings(
@@ -95,7 +101,7 @@ class LiveSolver:
         backend: Backend,
         *,
         settings: CollectSettings | None = None,
-        max_branches: int = DEFAULT_MAX_BRANCHES,
+        max_branches: int = BRANCHES_PER_QUESTION,
         probe_cost: int = 0,
         record: bool = False,
     ):
