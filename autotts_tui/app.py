@@ -36,6 +36,7 @@ from autotts_tui.widgets.help import HelpScreen
 from autotts_tui.widgets.leaderboard import Leaderboard
 from autotts_tui.widgets.scaling_plot import ScalingPlot
 from autotts_tui.widgets.trace_view import TraceView
+from core.specs import cmc_spec
 
 TABS = ("board", "plot", "candidate", "trace", "log")
 
@@ -296,7 +297,7 @@ class AutoTTSApp(App[None]):
                 return
             kind, _, ref = req.controller.partition(":")
             if kind == "spec":
-                spec = f"cmc:beta={fmt_beta(req.beta)}" if ref == "cmc" else ref
+                spec = cmc_spec(float(req.beta)) if ref == "cmc" else ref
                 trace = builtin_trace(env, spec, req.question, req.seed)
             else:
                 run_id = int(ref)
