@@ -17,7 +17,7 @@ from core.collect.backend import (
     Extend,
     ProbeResult,
 )
-from core.collect.collector import CollectResult, Progress, collect
+from core.collect.collector import CollectResult, collect
 from core.collect.protocol import CollectSettings, SamplingParams, branch_seed, chat_prompt
 from core.collect.questions import QuestionItem, load_questions
 
@@ -32,7 +32,6 @@ __all__ = [
     "CollectSettings",
     "Extend",
     "ProbeResult",
-    "Progress",
     "QuestionItem",
     "SamplingParams",
     "branch_seed",

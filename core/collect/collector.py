@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,28 +35,7 @@ from core.collect.writer import (
     open_log,
     questions_sha256,
 )
-
-
-@dataclass
-class Progress:
-    """A snapshot handed to the progress callback after every round."""
-
-    questions_done: int
-    questions_total: int
-    branches_done: int
-    branches_total: int
-    tokens: int
-    """Branch tokens generated in this session (probes not counted)."""
-    elapsed: float
-    """Seconds since this session started generating."""
-    active: int
-    """Branches open right now."""
-    resumed: int = 0
-    """Branches found already logged when this session started."""
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+from core.progress import CollectProgress, ProgressCallback
 
 
 @dataclass
@@ -80,7 +58,7 @@ def collect(
     identity: dict[str, Any] | None = None,
     store_metadata: dict[str, Any] | None = None,
     session: dict[str, Any] | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    progress: ProgressCallback | None = None,
     keep_text: bool = False,
     max_seconds: float | None = None,
 ) -> CollectResult:
@@ -126,8 +104,9 @@ def collect(
         def report() -> None:
             if progress is not None:
                 qdone = sum(1 for x in left_per_q if x == 0)
-                progress(Progress(qdone, len(questions), len(log.done), total, tokens, time.perf_counter() - t0,
-                                  len(runs), resumed))
+                progress(CollectProgress(len(log.done), total, "branches", questions_done=qdone,
+                                         questions_total=len(questions), tokens=tokens,
+                                         elapsed=time.perf_counter() - t0, active=len(runs), resumed=resumed))
 
         report()
         while pending or runs:
