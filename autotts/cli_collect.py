@@ -16,7 +16,7 @@ BACKENDS = ("llama", "openai")
 
 
 def _progress_display(enabled: bool) -> tuple[Any, Any]:
-    """(callback(Progress), close()) showing questions, branches, tokens/s and ETA on stderr with rich."""
+    """(callback(CollectProgress), close()) showing questions, branches, tokens/s and ETA on stderr with rich."""
     if not enabled:
         return None, (lambda: None)
     from rich.console import Console
@@ -41,8 +41,8 @@ def _progress_display(enabled: bool) -> tuple[Any, Any]:
         nonlocal task
         if task is None:
             bar.start()
-            task = bar.add_task("collect", total=p.branches_total, completed=p.branches_done, q="", rate="", active=0)
-        bar.update(task, completed=p.branches_done, q=f"{p.questions_done}/{p.questions_total}",
+            task = bar.add_task("collect", total=p.total, completed=p.done, q="", rate="", active=0)
+        bar.update(task, completed=p.done, q=f"{p.questions_done}/{p.questions_total}",
                    rate=f"{p.tokens_per_second:,.0f}", active=p.active)
 
     return update, bar.stop

@@ -12,6 +12,7 @@ import orjson
 from autotts.cli import default_environment_path, main, progress_bar
 from core.controllers import ControllerSpec, parse_spec
 from core.evaluate import EvalResult, evaluate
+from core.progress import Progress
 from core.stats import Point, seed_spread, token_saving
 from core.store import expand_paths, load_environment
 
@@ -55,9 +56,9 @@ def eval_command(envs: tuple[str, ...], controllers: tuple[str, ...], seeds: int
             for spec in specs:
                 done = [0]
 
-                def on_progress(n: int, total: int, done: list[int] = done) -> None:
-                    advance(n - done[0])
-                    done[0] = n
+                def on_progress(p: Progress, done: list[int] = done) -> None:
+                    advance(int(p.done) - done[0])
+                    done[0] = int(p.done)
 
                 result = evaluate(env, spec, range(seeds), probe_cost=probe_cost, progress=on_progress)
                 result.controller = str(spec)

@@ -80,19 +80,14 @@ def solve_command(question: str | None, model: str | None, controller: str, ques
       autotts solve --backend openai --base-url http://gpu-box:8000 -c parallel-probe "What is 1+1?"
     """
     from core.collect.protocol import DEFAULT_INSTRUCTION, SamplingParams
+    from core.collect.questions import QuestionItem, load_questions
     from core.evaluate import resolve_controller
-    from core.live import (
-        LiveItem,
-        LiveSolver,
-        live_settings,
-        load_live_questions,
-        open_backend,
-        recorded_environment,
-    )
+    from core.live import LiveSolver, live_settings, open_backend, recorded_environment
 
     if (question is None) == (questions_path is None):
         raise click.UsageError("give either a QUESTION or --questions FILE")
-    items = load_live_questions(questions_path, limit) if questions_path else [LiveItem(question or "")]
+    items = (load_questions(questions_path, limit, require_gold=False) if questions_path
+             else [QuestionItem(question or "")])
     _, label = resolve_controller(controller)  # fail fast on a bad spec or controller file
     compare_label = resolve_controller(compare_spec)[1] if compare_spec else None
     settings = live_settings(
@@ -113,11 +108,11 @@ def solve_command(question: str | None, model: str | None, controller: str, ques
         for i, it in enumerate(items):
             if show:
                 click.echo(f"[{i + 1}/{len(items)}] {label} …", err=True)
-            results.append(solver.solve(it.question, controller, index=i, gold=it.gold))
+            results.append(solver.solve(it.question, controller, index=i, gold=it.gold_answer))
             if baseline is not None:
                 if show:
                     click.echo(f"[{i + 1}/{len(items)}] {compare_label} …", err=True)
-                compared.append(baseline.solve(it.question, compare_spec, index=i, gold=it.gold))
+                compared.append(baseline.solve(it.question, compare_spec, index=i, gold=it.gold_answer))
         info = bk.info()
     finally:
         bk.close()

@@ -21,7 +21,7 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from autotts_tui.curves import compute_baselines
 from autotts_tui.formatting import fmt_acc, fmt_beta, fmt_time, fmt_tokens
-from autotts_tui.model import Candidate, CandidateDetail, Progress, StudyReader, Update
+from autotts_tui.model import Candidate, CandidateDetail, StudyReader, Update
 from autotts_tui.traces import (
     branch_steps,
     build_grid,
@@ -36,6 +36,8 @@ from autotts_tui.widgets.help import HelpScreen
 from autotts_tui.widgets.leaderboard import Leaderboard
 from autotts_tui.widgets.scaling_plot import ScalingPlot
 from autotts_tui.widgets.trace_view import TraceView
+from core.progress import RunProgress
+from core.specs import cmc_spec
 
 TABS = ("board", "plot", "candidate", "trace", "log")
 
@@ -83,7 +85,7 @@ class AutoTTSApp(App[None]):
         self._loaded = False
         self._polling = False
         self._last_error: str | None = None
-        self._last_progress: Progress | None = None
+        self._last_progress: RunProgress | None = None
         self._detail_id: int | None = None
         study = reader.study
         self.sub_title = (f"{reader.name} · {len(study.search)} search env{'s' if len(study.search) != 1 else ''}"
@@ -192,7 +194,7 @@ class AutoTTSApp(App[None]):
         if self.notify_arrivals:
             self.notify(msg, title="new candidate", severity="information" if c.ok else "error", timeout=4)
 
-    def _show_progress(self, progress: Progress | None) -> None:
+    def _show_progress(self, progress: RunProgress | None) -> None:
         self.progress_strip.show(progress)
         last = self._last_progress
         if progress is not None and (last is None or (last.run, last.state) != (progress.run, progress.state)):
@@ -296,7 +298,7 @@ class AutoTTSApp(App[None]):
                 return
             kind, _, ref = req.controller.partition(":")
             if kind == "spec":
-                spec = f"cmc:beta={fmt_beta(req.beta)}" if ref == "cmc" else ref
+                spec = cmc_spec(float(req.beta)) if ref == "cmc" else ref
                 trace = builtin_trace(env, spec, req.question, req.seed)
             else:
                 run_id = int(ref)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.specs import cmc_spec, split_spec
 from core.stats import Point, pareto_frontier
 
 BASELINE_SWEEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -45,14 +46,14 @@ class Curve:
 
 def baseline_specs(betas: Sequence[float]) -> list[tuple[str, list[str]]]:
     """(family, specs) for every baseline curve, CMC on the study's β grid."""
-    cmc = [f"cmc:beta={format(float(b), 'g')}" for b in betas]
+    cmc = [cmc_spec(float(b)) for b in betas]
     return [(name, list(specs)) for name, specs in BASELINE_SWEEPS] + [("CMC", cmc)]
 
 
 def short_label(spec: str) -> str:
     """A setting in a few characters: sc:n=8 → SC@8, asc:max_samples=16 → ASC@16, parallel-probe:num_chains=8
     → PP@8, cmc:beta=0.5 → CMC β=0.5."""
-    name, _, args = spec.partition(":")
+    name, args = split_spec(spec)
     value = args.partition("=")[2]
     short = {"sc": "SC@", "asc": "ASC@", "esc": "ESC@", "parallel-probe": "PP@", "cmc": "CMC β="}.get(name)
     if short is None or not value or "," in args:
@@ -117,7 +118,7 @@ def frontier(curves: Iterable[Curve]) -> list[Point]:
 # ----- `autotts eval --json` output ---------------------------------------------------------------------------------
 def _family(controller: str) -> tuple[str, str, str]:
     """(family key, legend label, setting) of a controller spec string such as `cmc:beta=0.5`."""
-    name, _, args = controller.partition(":")
+    name, args = split_spec(controller)
     if name.endswith(".py"):
         return f"eval:{name}", Path(name).stem, args or controller
     label = FAMILY_NAMES.get(name, name)

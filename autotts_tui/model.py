@@ -11,8 +11,8 @@ Two optional files in the study folder feed the live panes (written by whatever 
       {"run": "cand-name", "state": "running", "started": 1700000000.0, "updated": 1700000012.5,
        "done": 120, "total": 700, "unit": "episodes", "message": "cmc β=0.5 on demo[0::2]"}
 
-  `state` is running | done | error; a `running` file not updated for `STALE_AFTER_S` seconds is shown
-  as stalled.
+  `state` is running | done | error; a `running` file not updated for `core.progress.STALE_AFTER_S` seconds is
+  shown as stalled (the record is `core.progress.RunProgress`).
 * `server.log` — a plain-text log; its new lines are tailed into the log pane.
 """
 
@@ -27,16 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from core.environment import ReplayEnvironment
+from core.progress import RunProgress, read_run_progress
 from core.runstore import ResultRow, RunStore
 from core.stats import is_monotone
 from core.study import Study
 
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "server.log"
-STALE_AFTER_S = 120.0
 MAX_INITIAL_LOG_LINES = 200
 
 
@@ -140,42 +138,6 @@ def candidate_from_run(run: dict[str, Any], results: list[ResultRow]) -> Candida
     )
 
 
-@dataclass(frozen=True)
-class Progress:
-    """The evaluation in flight, from `progress.json`."""
-
-    run: str
-    state: str
-    started: float | None
-    updated: float | None
-    done: int
-    total: int
-    unit: str = "episodes"
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
-
-    def stalled(self, now: float) -> bool:
-        return self.state == "running" and self.updated is not None and now - self.updated > STALE_AFTER_S
-
-
-def read_progress(path: Path) -> Progress | None:
-    """Parse a progress file; None when absent or unreadable (mid-write files are replaced atomically)."""
-    try:
-        d = orjson.loads(path.read_bytes())
-        return Progress(
-            run=str(d.get("run", "")), state=str(d.get("state", "running")),
-            started=None if d.get("started") is None else float(d["started"]),
-            updated=None if d.get("updated") is None else float(d["updated"]),
-            done=int(d.get("done", 0)), total=int(d.get("total", 0)), unit=str(d.get("unit", "episodes")),
-            message=str(d.get("message", "")),
-        )
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
 @dataclass
 class Update:
     """What changed since the previous poll."""
@@ -184,7 +146,7 @@ class Update:
     """New runs and runs that gained result rows (replace any row with the same id)."""
     new_ids: set[int] = field(default_factory=set)
     """Which of `candidates` are new runs."""
-    progress: Progress | None = None
+    progress: RunProgress | None = None
     log_lines: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -249,7 +211,7 @@ class StudyReader:
                 run = self.store.run(rid, with_source=False)
                 update.candidates.append(candidate_from_run(run, self.store.results(rid, split="search")))
         update.new_ids = new_ids
-        update.progress = read_progress(self.progress_path)
+        update.progress = read_run_progress(self.progress_path)
         update.log_lines = self._tail_log()
         return update
 

@@ -22,10 +22,10 @@ import numpy as np
 
 from core.errors import UnrecordedStepError
 
-# Branch states in ReplayQuestion._depth (non-negative values are steps taken).
-_UNOPENED = -1
-_PRUNED = -2
-_FULL_READ = -3
+# Branch states in ReplayQuestion._depth (non-negative values are steps taken); LiveQuestion keeps the same.
+UNOPENED = -1
+PRUNED = -2
+FULL_READ = -3
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,7 +224,7 @@ class ReplayQuestion:
         self._costs = costs
         self._tokens = tokens
         self._order = order
-        self._depth = [_UNOPENED] * len(order)
+        self._depth = [UNOPENED] * len(order)
         self._next = 0
         self._cost = 0
         self.probe_freq = interval
@@ -278,7 +278,7 @@ class ReplayQuestion:
             raise UnrecordedStepError(f"branch {i} of this recorded run was not finished live, so its full read "
                                       "cannot be replayed (replay only what the recorded controller did)")
         self._next = i + 1
-        self._depth[i] = _FULL_READ
+        self._depth[i] = FULL_READ
         self._cost += self._tokens[b]
         return self._answers[b][-1]
 
@@ -335,7 +335,7 @@ class ReplayQuestion:
                 raise ValueError(self._bad_index(i))
         except TypeError:
             raise ValueError(self._bad_index(i)) from None
-        self._depth[i] = _PRUNED
+        self._depth[i] = PRUNED
 
     # ----- batch calls ---------------------------------------------------------------------------------------------
     def probe_new_many(self, n: int) -> list[tuple[str, int, bool]]:
@@ -430,13 +430,13 @@ class ReplayQuestion:
 
 
 def bad_index_message(i: object, n_opened: int, states: list[int]) -> str:
-    """Why index `i` names no steppable branch (`states[i]`: steps taken, or _PRUNED / _FULL_READ)."""
+    """Why index `i` names no steppable branch (`states[i]`: steps taken, or PRUNED / FULL_READ)."""
     if not isinstance(i, int | np.integer) or isinstance(i, bool):
         return f"branch index must be an int, got {type(i).__name__} {i!r:.40}"
     if not 0 <= i < n_opened:
         return f"branch {i} is not open: valid indices are 0..{n_opened - 1} (open one with probe_new/branch)"
     state = states[i]
-    if state == _PRUNED:
+    if state == PRUNED:
         return f"branch {i} was pruned and cannot be stepped or probed"
     return f"branch {i} was read in full with get_new_branch_final_answer and cannot be stepped"
 

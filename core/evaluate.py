@@ -7,7 +7,7 @@ so untrusted code never needs the gold answers in its process.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from core.controllers.base import BuiltinController, ControllerSpec, parse_spec
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError, ControllerSpecError
+from core.progress import Progress, ProgressCallback
 
 DEFAULT_SEEDS: tuple[int, ...] = tuple(range(100))
 
@@ -117,7 +118,7 @@ def run_episodes(
     probe_cost: int = 0,
     traces: bool = False,
     fast: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Episodes:
     """Run `controller` on every (seed, question) of `env`; needs no gold answers.
 
@@ -134,7 +135,7 @@ def run_episodes(
         vocab = env.answer_vocab
         answers = [[vocab[q][a] if a >= 0 else None for q, a in enumerate(row)] for row in ids.tolist()]
         if progress is not None:
-            progress(len(seed_arr), len(seed_arr))
+            progress(Progress(len(seed_arr), len(seed_arr), "seeds"))
         return Episodes(seed_arr, answers, tokens.astype(np.int64), None, time.perf_counter() - start)
 
     n_q = env.n_questions
@@ -167,7 +168,7 @@ def run_episodes(
                 recorded[(seed, q)] = question.events  # type: ignore[attr-defined]
         answers.append(row)
         if progress is not None:
-            progress(si + 1, len(seed_arr))
+            progress(Progress(si + 1, len(seed_arr), "seeds"))
     return Episodes(seed_arr, answers, tokens, recorded, time.perf_counter() - start)
 
 
@@ -199,7 +200,7 @@ def evaluate(
     probe_cost: int = 0,
     traces: bool = False,
     fast: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> EvalResult:
     """Evaluate one controller on one environment under the paper's protocol (100 shuffles by default)."""
     obj, label = resolve_controller(controller)

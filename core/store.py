@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from core.atomic import write_atomic
 from core.environment import ReplayEnvironment
 from core.errors import EnvironmentPathError, ReplayFormatError
 
-FORMAT_NAME = "autotts-replay"
-SCHEMA_VERSION = 1
+REPLAY_FORMAT_NAME = "autotts-replay"
+REPLAY_SCHEMA_VERSION = 1
 """The version written for ordinary environments (collected, synthetic, converted)."""
 RECORDED_SCHEMA_VERSION = 2
 """The version written for environments with partial branches or stored branch order (recorded live runs)."""
@@ -79,7 +80,7 @@ def load_environment(path: str | os.PathLike, name: str | None = None) -> Replay
     else:
         raise ReplayFormatError(
             str(p), f"top level is a JSON {type(data).__name__}; expected a list of questions (paper format) "
-            f"or an object with \"format\": \"{FORMAT_NAME}\""
+            f"or an object with \"format\": \"{REPLAY_FORMAT_NAME}\""
         )
     return environment_from_records(records, name=env_name, metadata=metadata, source=str(p), path=str(p))
 
@@ -222,8 +223,8 @@ def _records_from_paper(data: list, path: str) -> list[dict[str, Any]]:
 
 
 def _records_from_project(data: dict, path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    if data.get("format") != FORMAT_NAME:
-        raise ReplayFormatError(path, f"object has no \"format\": \"{FORMAT_NAME}\"; is this an autotts replay file?", field="format")
+    if data.get("format") != REPLAY_FORMAT_NAME:
+        raise ReplayFormatError(path, f"object has no \"format\": \"{REPLAY_FORMAT_NAME}\"; is this an autotts replay file?", field="format")
     version = data.get("schema_version")
     if version not in READABLE_VERSIONS:
         readable = ", ".join(map(str, READABLE_VERSIONS))
@@ -354,8 +355,8 @@ def save_environment(env: ReplayEnvironment, path: str | os.PathLike, *, format:
     records = environment_records(env)
     if format == "project":
         doc: Any = {
-            "format": FORMAT_NAME,
-            "schema_version": RECORDED_SCHEMA_VERSION if env.has_partial or env.stored_order else SCHEMA_VERSION,
+            "format": REPLAY_FORMAT_NAME,
+            "schema_version": RECORDED_SCHEMA_VERSION if env.has_partial or env.stored_order else REPLAY_SCHEMA_VERSION,
             "metadata": env.metadata,
             "questions": [
                 {"question": r["question"], "gold_answer": r["gold_answer"], "interval": r["interval"],
@@ -380,8 +381,4 @@ def save_environment(env: ReplayEnvironment, path: str | os.PathLike, *, format:
     raw = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if p.name.endswith(".gz"):
         raw = gzip.compress(raw, compresslevel=6, mtime=0)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(raw)
-    os.replace(tmp, p)
-    return p
+    return write_atomic(p, raw)

@@ -163,6 +163,11 @@ def test_questions_file_formats(tmp_path: Path) -> None:
     p.write_text('{"question": "a"}\n')
     with pytest.raises(CollectError, match="gold_answer"):
         load_questions(p)
+    assert load_questions(p, require_gold=False) == [QuestionItem("a")]  # live solving needs no gold
+    p2.write_bytes(orjson.dumps(["d", {"problem": "e", "answer": 2}]))
+    assert load_questions(p2, require_gold=False) == [QuestionItem("d"), QuestionItem("e", "2")]
+    with pytest.raises(CollectError, match="gold_answer"):
+        load_questions(p2)
 
 
 # ----- collector bookkeeping (scripted backend) -------------------------------------------------------------------------

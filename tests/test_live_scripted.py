@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from live_helpers import SCRIPTED, SPECS, Blocking, Counting, ScriptedBackend
 
 from core.collect.backend import CapacityError
-from core.collect.normalise import canonical_answers
+from core.collect.normalise import AnswerCanon, canonical_answers
 from core.errors import AutoTTSError, UnrecordedStepError
 from core.evaluate import ControllerRunError, resolve_controller, run_episodes
-from core.live import AnswerCanon, LiveQuestion, LiveSolver, recorded_environment
+from core.live import LiveQuestion, LiveSolver, recorded_environment
 from core.store import load_environment, save_environment
 
 QUESTIONS = ["What is 3*4?", "What is 5+7?", "Compute 24/2."]
@@ -219,7 +219,7 @@ def test_unrecorded_step_error_is_not_swallowed_by_controllers():
 
 # ----- answer normalisation -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("gold", [None, "12", "\\frac{1}{2}"])
-def test_answer_canon_matches_the_collectors_normalisation(gold):
+def test_answers_one_at_a_time_match_a_whole_question_and_no_gold_is_an_empty_one(gold):
     raw = ["12", " 12 ", "\\dfrac{1}{2}", "0.5", None, "", "\\frac12", "$12$", "x+1", "1+x", "\\text{12}", "7", "0.5"]
     canon = AnswerCanon(gold)
     assert [canon(r) for r in raw] == canonical_answers(raw, gold if gold is not None else "")

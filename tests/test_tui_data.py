@@ -10,8 +10,9 @@ import pytest
 from autotts_tui import curves, traces
 from autotts_tui.demo_study import BASE_TIME, SC_BUDGET, build_demo_study, record_candidate
 from autotts_tui.formatting import fmt_acc, fmt_tokens
-from autotts_tui.model import StudyReader, read_progress
+from autotts_tui.model import StudyReader
 from autotts_tui.textplot import Series, render_plot
+from core.progress import read_run_progress
 from core.runstore import ResultRow, RunStore, RunStoreError
 
 
@@ -71,7 +72,7 @@ def test_progress_file_and_log_tail(study, tmp_path):
             f.write(" line\nthree\n")
         assert reader.poll().log_lines == ["partial line", "three"]
         progress.write_text("{not json")
-        assert read_progress(progress) is None
+        assert read_run_progress(progress) is None
     finally:
         reader.close()
 

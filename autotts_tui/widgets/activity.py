@@ -10,7 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import ProgressBar, RichLog, Static
 
 from autotts_tui.formatting import fmt_duration, truncate
-from autotts_tui.model import Progress
+from core.progress import RunProgress
 
 
 class ProgressStrip(Horizontal):
@@ -27,13 +27,13 @@ class ProgressStrip(Horizontal):
     def __init__(self, clock: Callable[[], float], **kwargs: object):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.clock = clock
-        self.progress: Progress | None = None
+        self.progress: RunProgress | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="progress-label")
         yield ProgressBar(total=100, show_eta=False, id="progress-bar")
 
-    def show(self, progress: Progress | None) -> None:
+    def show(self, progress: RunProgress | None) -> None:
         self.progress = progress
         active = progress is not None and progress.state == "running"
         self.set_class(active, "-active")

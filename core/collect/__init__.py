@@ -2,9 +2,9 @@
 
 Modules: `protocol` (template, probe texts, settings), `backend` (the interface and errors), `engine` (llama.cpp,
 batched, in-process), `openai_backend` (an OpenAI-compatible server), `sampling` and `signals` (token
-statistics), `normalise` (answers → canonical strings), `writer` (durable log, resume, store), `collector`
-(the loop), `tiny_model` (random-weight Qwen3 GGUFs for tests and benchmarks). llama_cpp, gguf and math_verify
-(the `collect` extra) are imported only when used.
+statistics), `normalise` (answers → canonical strings), `questions` (question files), `branch` (one branch's state
+machine), `writer` (durable log, resume, store), `collector` (the loop), `tiny_model` (random-weight Qwen3 GGUFs
+for tests and benchmarks). llama_cpp, gguf and math_verify (the `collect` extra) are imported only when used.
 """
 
 from core.collect.backend import (
@@ -17,8 +17,9 @@ from core.collect.backend import (
     Extend,
     ProbeResult,
 )
-from core.collect.collector import CollectResult, Progress, QuestionItem, collect, load_questions
+from core.collect.collector import CollectResult, collect
 from core.collect.protocol import CollectSettings, SamplingParams, branch_seed, chat_prompt
+from core.collect.questions import QuestionItem, load_questions
 
 __all__ = [
     "Backend",
@@ -31,7 +32,6 @@ __all__ = [
     "CollectSettings",
     "Extend",
     "ProbeResult",
-    "Progress",
     "QuestionItem",
     "SamplingParams",
     "branch_seed",

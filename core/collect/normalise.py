@@ -106,22 +106,39 @@ def _verify(gold: str, s: str) -> bool:
         return False
 
 
+class AnswerCanon:
+    """Canonical strings for one question's answers, one answer at a time (steps 1-3 above).
+
+    The same raw answer always gets the same string; a new answer joins the first class seen with the same key, and
+    answers equivalent to `gold` (when known) become the gold string verbatim. Collected stores (fed in branch
+    order) and live runs both normalise through this, so a recorded run is scored like a collected one."""
+
+    def __init__(self, gold: str | None = None):
+        self.gold = gold
+        self._by_raw: dict[str | None, str] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._gold_clean = light_normalise(gold) if gold is not None else None
+        if gold is not None and self._gold_clean is not None:
+            self._by_key[_key(self._gold_clean)] = gold
+
+    def __call__(self, raw: str | None) -> str:
+        out = self._by_raw.get(raw)
+        if out is not None:
+            return out
+        s = light_normalise(raw)
+        if s == NO_ANSWER:
+            out = NO_ANSWER
+        else:
+            k = _key(s)
+            out = self._by_key.get(k)
+            if out is None:
+                same = self._gold_clean is not None and k[0] != "num" and _verify(self._gold_clean, s)
+                out = self._by_key[k] = self.gold if same and self.gold is not None else s
+        self._by_raw[raw] = out
+        return out
+
+
 def canonical_answers(raw: Sequence[str | None], gold: str) -> list[str]:
     """Canonical strings for one question's raw answers (given in branch order, probes before finals)."""
-    gold_clean = light_normalise(gold)
-    gold_key = _key(gold_clean)
-    by_key: dict[tuple[str, str], str] = {gold_key: gold}
-    verified: dict[tuple[str, str], bool] = {}
-    out = []
-    for r in raw:
-        s = light_normalise(r)
-        if s == NO_ANSWER:
-            out.append(NO_ANSWER)
-            continue
-        k = _key(s)
-        if k not in by_key:
-            if k[0] != "num" and k not in verified:
-                verified[k] = _verify(gold_clean, s)
-            by_key[k] = gold if verified.get(k) else s
-        out.append(by_key[k])
-    return out
+    canon = AnswerCanon(gold)
+    return [canon(r) for r in raw]

@@ -16,6 +16,10 @@ from typing import Any
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 """Qwen's recommended math instruction, appended to the question on its own line."""
 
+BRANCHES_PER_QUESTION = 128
+"""Branches per question, as in the paper's replay data: what a collection samples and a live question offers
+by default. (A controller's own ceiling on branches it opens is a different, smaller number.)"""
+
 PROBE_TEXTS: dict[str, str] = {
     # Close the thinking and ask for the boxed answer (collection-protocol.md §2, rule 2).
     "boxed": "\n</think>\n\n**Final Answer**\n\\[ \\boxed{",
@@ -106,7 +110,7 @@ class CollectSettings:
     """Everything that determines what a collection records. Stored in the log header and the store's metadata;
     a resumed collection must use the same settings (parallelism and hardware may change)."""
 
-    branches: int = 128
+    branches: int = BRANCHES_PER_QUESTION
     """Branches sampled per question."""
     interval: int = 500
     """Probe interval Δ in generated tokens."""

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import replacing
+
 # Qwen's special tokens. `<think>`/`</think>` are USER_DEFINED (non-special added tokens) in real Qwen3 GGUFs,
 # the rest CONTROL; the real ids are kept when the vocabulary is large enough.
 SPECIAL_TOKENS: tuple[tuple[str, int, str], ...] = (
@@ -128,14 +130,12 @@ def build_tiny_qwen3(
     if dtype not in ("f32", "f16", "q8_0"):
         raise ValueError(f"dtype {dtype!r}: use f32, f16 or q8_0")
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tokens, types, merges = tiny_vocabulary(n_vocab)
     vocab = len(tokens)
     ids = {t: i for i, t in enumerate(tokens)}
     rng = np.random.default_rng(seed)
 
-    tmp = p.with_name(p.name + ".tmp")  # written under a temporary name, then renamed: never half-written
-    w = gguf.GGUFWriter(str(tmp), "qwen3")
+    w = gguf.GGUFWriter(None, "qwen3")  # the file is named when written, below
     w.add_name("autotts-tiny-qwen3")
     w.add_context_length(context_length)
     w.add_embedding_length(n_embd)
@@ -205,9 +205,9 @@ def build_tiny_qwen3(
             out[ids[key], 0] = np.float32(bias / 0.72)  # the bias input is about 0.72 after the final norm
         w.add_tensor("output.weight", out.astype(np.float16) if dtype == "f16" else out)
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, p)
+    with replacing(p) as tmp:
+        w.write_header_to_file(tmp)
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
     return p

@@ -21,10 +21,11 @@ from typing import Any
 
 import orjson
 
+from core.atomic import write_atomic
 from core.collect.backend import CollectError
 from core.collect.normalise import canonical_answers, math_verify_version
 from core.collect.signals import SIGNAL_NAMES
-from core.store import FORMAT_NAME, SCHEMA_VERSION
+from core.store import REPLAY_FORMAT_NAME, REPLAY_SCHEMA_VERSION
 
 LOG_NAME = "branches.jsonl"
 STORE_NAME = "store.json"
@@ -187,20 +188,8 @@ def build_store(manifest: dict[str, Any], records: list[dict[str, Any]], questio
         })
     metadata = dict(manifest.get("store_metadata", {}))
     metadata["normaliser"] = {"name": "autotts.normalise", "math_verify": math_verify_version()}
-    return {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "metadata": metadata, "questions": out_questions}
-
-
-def write_json_atomic(doc: Any, path: str | os.PathLike) -> Path:
-    """Write JSON to a temporary name, fsync, and rename over `path`."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    return p
+    return {"format": REPLAY_FORMAT_NAME, "schema_version": REPLAY_SCHEMA_VERSION, "metadata": metadata,
+            "questions": out_questions}
 
 
 def export_paper(store_path: str | os.PathLike, out_path: str | os.PathLike) -> tuple[Path, Path]:
@@ -214,6 +203,7 @@ def export_paper(store_path: str | os.PathLike, out_path: str | os.PathLike) -> 
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    meta = write_json_atomic({"schema_version": SCHEMA_VERSION, "source": str(store_path), **env.metadata},
-                             out.with_name(name + ".meta.json"))
+    meta = write_atomic(out.with_name(name + ".meta.json"),
+                        orjson.dumps({"schema_version": REPLAY_SCHEMA_VERSION, "source": str(store_path), **env.metadata},
+                                     option=orjson.OPT_SERIALIZE_NUMPY))
     return out, meta

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from core.errors import ControllerSpecError
+from core.specs import format_spec, parse_options, split_spec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -94,9 +95,7 @@ class ControllerSpec:
     args: tuple[tuple[str, Any], ...] = ()
 
     def __str__(self) -> str:
-        if not self.args:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={_format_value(v)}" for k, v in self.args)
+        return format_spec(self.name, self.args)
 
     def build(self) -> Any:
         if self.name.endswith(".py"):
@@ -107,12 +106,6 @@ class ControllerSpec:
         if cls is None:
             raise ControllerSpecError(_unknown_name(self.name))
         return cls(**dict(self.args))
-
-
-def _format_value(v: Any) -> str:
-    if isinstance(v, float):
-        return format(v, "g") if v == v and abs(v) < 1e15 else repr(v)
-    return str(v)
 
 
 BUILTINS: dict[str, type[BuiltinController]] = {}
@@ -157,8 +150,7 @@ def parse_spec(text: str) -> list[ControllerSpec]:
     `NAME` may be a controller file (`path/to/file.py:beta=0.5`), whose options are passed to it unchecked.
     """
     text = text.strip()
-    name, _, rest = text.partition(":")
-    name = name.strip()
+    name, rest = split_spec(text)
     if not name:
         raise ControllerSpecError(f"'{text}': empty controller name; write e.g. cmc:beta=0.5")
     is_file = name.endswith(".py")
@@ -166,23 +158,7 @@ def parse_spec(text: str) -> list[ControllerSpec]:
         name = name.lower().replace("_", "-")
         if name not in BUILTINS:
             raise ControllerSpecError(f"'{text}': {_unknown_name(name)}")
-    values: dict[str, list[str]] = {}
-    current: str | None = None
-    for token in (t.strip() for t in rest.split(",")) if rest.strip() else ():
-        if "=" in token:
-            current, _, raw = token.partition("=")
-            current = current.strip()
-            if not current:
-                raise ControllerSpecError(f"'{text}': missing option name before '='")
-            if current in values:
-                raise ControllerSpecError(f"'{text}': option '{current}' given twice")
-            values[current] = [raw.strip()]
-        elif current is None:
-            raise ControllerSpecError(f"'{text}': expected key=value after ':', got '{token}'")
-        else:
-            values[current].append(token)
-        if values[current][-1] == "":
-            raise ControllerSpecError(f"'{text}': option '{current}' has an empty value")
+    values = parse_options(rest, text)
     keys = list(values)
     if is_file:
         typed = {k: [_guess_type(v) for v in vs] for k, vs in values.items()}

@@ -17,7 +17,8 @@ of question q is the same text that `autotts collect` samples for branch i of qu
 Batch calls (`probe_new_many`, `probe_more_many`, `extend_many`, `get_new_branch_final_answers`) advance all the
 branches they name in one `backend.extend` per decode round and one `backend.probe`; single calls advance one
 branch. Probe decode tokens are counted apart (`probe_tokens`): the cost model charges probes κ = 0 (`probe_cost`).
-Answers are normalised as the collector normalises them (`AnswerCanon`), so equivalent forms vote together.
+Answers are normalised as the collector normalises them (`core.collect.normalise.AnswerCanon`), so equivalent forms
+vote together.
 """
 
 from __future__ import annotations
@@ -28,54 +29,25 @@ from typing import Any
 import numpy as np
 
 from core.collect.backend import Backend, CapacityError, Chunk
-from core.collect.collector import _Run
-from core.collect.normalise import _key, _verify, light_normalise
-from core.collect.protocol import NO_ANSWER, CollectSettings, branch_seed, chat_prompt, final_answer
+from core.collect.branch import BranchRun
+from core.collect.normalise import AnswerCanon
+from core.collect.protocol import (
+    BRANCHES_PER_QUESTION,
+    CollectSettings,
+    branch_seed,
+    chat_prompt,
+    final_answer,
+)
 from core.collect.signals import interval_signals
-from core.environment import _FULL_READ, _PRUNED, bad_index_message, check_count
+from core.environment import FULL_READ, PRUNED, bad_index_message, check_count
 from core.errors import AutoTTSError
-
-DEFAULT_MAX_BRANCHES = 128
-"""Fresh branches a live question offers, as many as a question of the paper's replay data."""
-
-
-class AnswerCanon:
-    """`core.collect.normalise.canonical_answers` one answer at a time, for one question.
-
-    The same raw answer always gets the same string; a new answer joins the first class seen with the same
-    math-verify key, and answers equivalent to `gold` (when known) become the gold string verbatim, as in collected
-    stores (so a recorded run is scored like a collected one)."""
-
-    def __init__(self, gold: str | None = None):
-        self.gold = gold
-        self._by_raw: dict[str | None, str] = {}
-        self._by_key: dict[tuple[str, str], str] = {}
-        self._gold_clean = light_normalise(gold) if gold is not None else None
-        if gold is not None and self._gold_clean is not None:
-            self._by_key[_key(self._gold_clean)] = gold
-
-    def __call__(self, raw: str | None) -> str:
-        out = self._by_raw.get(raw)
-        if out is not None:
-            return out
-        s = light_normalise(raw)
-        if s == NO_ANSWER:
-            out = NO_ANSWER
-        else:
-            k = _key(s)
-            out = self._by_key.get(k)
-            if out is None:
-                same = self._gold_clean is not None and k[0] != "num" and _verify(self._gold_clean, s)
-                out = self._by_key[k] = self.gold if same and self.gold is not None else s
-        self._by_raw[raw] = out
-        return out
 
 
 @dataclass
 class _Branch:
     """One live branch: the collector's state machine plus what the controller was shown."""
 
-    run: _Run
+    run: BranchRun
     answers: list[str] = field(default_factory=list)
     """Canonical answers of its probed (non-finishing) steps, in order."""
     final: str | None = None
@@ -108,7 +80,7 @@ class LiveQuestion:
         *,
         settings: CollectSettings | None = None,
         question_index: int = 0,
-        max_branches: int = DEFAULT_MAX_BRANCHES,
+        max_branches: int = BRANCHES_PER_QUESTION,
         probe_cost: int = 0,
         gold: str | None = None,
         record: bool = False,
@@ -126,7 +98,7 @@ class LiveQuestion:
         self._record = record
         self._prompt: int | None = None
         self._branches: list[_Branch] = []
-        self._depth: list[int] = []  # steps taken, or _PRUNED / _FULL_READ (as in ReplayQuestion)
+        self._depth: list[int] = []  # steps taken, or PRUNED / FULL_READ (as in ReplayQuestion)
         self._cost = 0
         self.probe_freq = self._s.interval
         self.probe_tokens = 0
@@ -158,7 +130,7 @@ class LiveQuestion:
                     f"the controller wants more than the {running} branches running at once that the backend holds "
                     f"({e}); raise --parallel (or the KV budget), or use a narrower controller"
                 ) from None
-            self._branches.append(_Branch(_Run(self._qi, i, seed, handle)))
+            self._branches.append(_Branch(BranchRun(self._qi, i, seed, handle)))
             self._depth.append(0)
             out.append(i)
         return out
@@ -295,7 +267,7 @@ class LiveQuestion:
             self._step(todo, probe=self._record)
             todo = [i for i in todo if self._branches[i].final is None]
         for i in idxs:
-            self._depth[i] = _FULL_READ
+            self._depth[i] = FULL_READ
         return [self._branches[i].final for i in idxs]  # type: ignore[misc]
 
     # ----- the action API -------------------------------------------------------------------------------------------
@@ -322,7 +294,7 @@ class LiveQuestion:
     def prune(self, i: int) -> None:
         """PRUNE(i): deactivate branch i (and free it in the backend)."""
         b = self._get(i)
-        self._depth[i] = _PRUNED
+        self._depth[i] = PRUNED
         self._close(b)
 
     def is_finished(self, i: int) -> bool:

@@ -16,21 +16,23 @@ is the code that runs in production. With `record=True` every run can be turned 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-from core.collect.backend import Backend, CollectError
-from core.collect.protocol import DEFAULT_INSTRUCTION, CollectSettings, SamplingParams, chat_prompt
+from core.collect.backend import Backend
+from core.collect.protocol import (
+    BRANCHES_PER_QUESTION,
+    DEFAULT_INSTRUCTION,
+    CollectSettings,
+    SamplingParams,
+    chat_prompt,
+)
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
 from core.evaluate import resolve_controller
-from core.live.question import DEFAULT_MAX_BRANCHES, LiveQuestion
+from core.live.question import LiveQuestion
 
 
 def live_settings(
@@ -99,7 +101,7 @@ class LiveSolver:
         backend: Backend,
         *,
         settings: CollectSettings | None = None,
-        max_branches: int = DEFAULT_MAX_BRANCHES,
+        max_branches: int = BRANCHES_PER_QUESTION,
         probe_cost: int = 0,
         record: bool = False,
     ):
@@ -209,45 +211,3 @@ def open_backend(
         return OpenAIBackend(base_url, model=None if model in (None, "", "auto") else model, parallel=parallel,
                              api_key=api_key, sampling=settings.sampling)
     raise AutoTTSError(f"unknown backend {kind!r}: use llama or openai")
-
-
-@dataclass(frozen=True)
-class LiveItem:
-    """A question to solve live; the gold answer is optional (it only scores the result)."""
-
-    question: str
-    gold: str | None = None
-
-
-def load_live_questions(path: str | os.PathLike, limit: int | None = None) -> list[LiveItem]:
-    """Questions from JSONL or a JSON list: objects with `question` (or `problem`) and optionally `gold_answer`
-    (or `answer`), or plain strings. A paper-format replay file works too."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise CollectError(f"{p}: cannot read the questions file ({e.strerror})") from None
-    try:
-        doc = orjson.loads(raw)
-        objs = doc if isinstance(doc, list) else [doc]
-    except orjson.JSONDecodeError:
-        objs = []
-        for n, line in enumerate(raw.splitlines(), start=1):
-            if line.strip():
-                try:
-                    objs.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    raise CollectError(f"{p}, line {n}: not JSON; the questions file must be JSONL or a JSON list") from None
-    items = []
-    for i, o in enumerate(objs):
-        if isinstance(o, str):
-            items.append(LiveItem(o))
-            continue
-        text = o.get("question", o.get("problem")) if isinstance(o, dict) else None
-        if not isinstance(text, str) or not text:
-            raise CollectError(f"{p}, question {i}: expected a string or an object with a \"question\" text")
-        gold = o.get("gold_answer", o.get("answer"))
-        items.append(LiveItem(text, None if gold is None else str(gold)))
-    if not items:
-        raise CollectError(f"{p}: holds no questions")
-    return items[:limit] if limit else items
