@@ -212,7 +212,7 @@ def test_cmc_candidate_matches_builtin_and_passes_audit():
     settings = replace(QUICK, timeout_s=60, workers=3, audit=True)
     calls = []
     r = run_candidate(CMC_SOURCE, [ENV, env2], [{"beta": 0.5}, {"beta": 0.2}], seeds=seeds, settings=settings,
-                      progress=lambda d, n: calls.append((d, n)))
+                      progress=lambda p: calls.append((p.done, p.total)))
     assert r.ok, (r.error, r.traceback)
     # 2 envs × 2 β × 4 seeds = 16 cells, every one run twice by the audit (a small run is audited whole)
     assert calls == [(k, 32) for k in range(1, 33)]

@@ -15,11 +15,10 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-
 from core.controller_files import find_controller_class, instantiate
 from core.errors import ControllerSpecError
 from core.sandbox._guard import ForbiddenImport, candidate_builtins
-from core.sandbox._protocol import options_label
+from core.specs import format_options
 
 FILENAME = "<candidate>"
 MODULE_NAME = "autotts_candidate"
@@ -101,7 +100,7 @@ def _memory_message(memory_mb: int | None, where: str) -> str:
 
 
 def build_controller(target: Any, options: dict[str, Any], memory_mb: int | None = None) -> Any:
-    label = options_label(options) or "default options"
+    label = format_options(options) or "default options"
     try:
         return instantiate(target, dict(options))
     except ControllerSpecError as e:

@@ -105,12 +105,3 @@ def fingerprint(question: Any) -> int:
     """CRC-32 of the per-branch state an episode's actions leave (depth, pruned, read in full) — parent side."""
     return zlib.crc32(array("q", question._depth).tobytes())
 
-
-def options_label(options: dict[str, Any]) -> str:
-    """`beta=0.5,max_rounds=100`: the key of a setting in CandidateRun.results."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return format(v, "g") if v == v and abs(v) < 1e15 else repr(v)
-        return str(v)
-
-    return ",".join(f"{k}={fmt(v)}" for k, v in options.items())

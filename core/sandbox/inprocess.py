@@ -10,16 +10,17 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from core.environment import ReplayEnvironment
 from core.evaluate import Episodes
+from core.progress import Progress, ProgressCallback
 from core.sandbox import _exec, isolation
-from core.sandbox._protocol import options_label
 from core.sandbox.reports import AuditReport, IsolationReport
+from core.specs import format_options
 
 
 def _report(ended_by: str | None) -> IsolationReport:
@@ -35,7 +36,7 @@ def _captured(out: _exec.CappedText) -> Iterator[None]:
 
 
 def run_in_process(source: str, envs: list[ReplayEnvironment], grid: list[dict[str, Any]], seeds: list[int],
-                   settings: Any, progress: Callable[[int, int], None] | None, t0: float) -> Any:
+                   settings: Any, progress: ProgressCallback | None, t0: float) -> Any:
     from core.sandbox.runner import CandidateRun
 
     run = CandidateRun(False, None, None, isolation=_report(None),
@@ -47,7 +48,7 @@ def run_in_process(source: str, envs: list[ReplayEnvironment], grid: list[dict[s
             target = _exec.load_candidate(source, None)
         for n, (ei, oi) in enumerate(units, 1):
             env, options = envs[ei], grid[oi]
-            label = options_label(options)
+            label = format_options(options)
             tokens = np.zeros((len(seeds), env.n_questions), dtype=np.int64)
             opened = np.zeros((len(seeds), env.n_questions), dtype=np.int32)
             answers: list[list[str | None]] = []
@@ -66,7 +67,7 @@ def run_in_process(source: str, envs: list[ReplayEnvironment], grid: list[dict[s
             run.opened[(env.name, label)] = opened
             run.episodes += len(seeds) * env.n_questions
             if progress is not None:
-                progress(n, len(units))
+                progress(Progress(n * len(seeds), len(units) * len(seeds), "cells"))
         run.ok = True
     except _exec.CandidateFailure as f:
         run.error, run.traceback = f.message, f.traceback_text

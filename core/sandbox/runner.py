@@ -26,13 +26,15 @@ import numpy as np
 from core.environment import ReplayEnvironment, ReplayQuestion
 from core.errors import AutoTTSError
 from core.evaluate import Episodes
+from core.progress import Progress, ProgressCallback
 from core.sandbox import audit as audit_mod
 from core.sandbox import isolation
 from core.sandbox._exec import MAX_ANSWER_CHARS
-from core.sandbox._protocol import ProtocolError, fingerprint, options_label
+from core.sandbox._protocol import ProtocolError, fingerprint
 from core.sandbox.broker import answer_call
 from core.sandbox.processes import Worker, Zygote, ZygoteError, crash_text
 from core.sandbox.reports import LEVELS, AuditMismatch, AuditReport, IsolationReport
+from core.specs import format_options
 
 log = logging.getLogger("autotts.sandbox")
 _WARNED_LEVEL: set[str] = set()
@@ -315,7 +317,7 @@ class _Evaluation:
             cell = self.cells[job.cell]
             env = self.envs[cell.env]
             episodes = [[q, env.n_branches(q), int(env.interval[q]), self.seeds[cell.seed], q] for q in cell.questions]
-            w.send({"t": "cell", "env": env.name, "label": options_label(self.grid[cell.option]),
+            w.send({"t": "cell", "env": env.name, "label": format_options(self.grid[cell.option]),
                     "options": self.grid[cell.option], "episodes": episodes}, self.deadline)
             job.state = "running"
         elif job.state == "running" and kind == "tick":
@@ -393,7 +395,7 @@ def check_inputs(source: Any, envs: list[ReplayEnvironment], grid: list[dict[str
     names = [e.name for e in envs]
     if len(set(names)) != len(names):
         raise ValueError(f"environment names must be unique: {names}")
-    labels = [options_label(o) for o in grid]
+    labels = [format_options(o) for o in grid]
     if len(set(labels)) != len(labels):
         raise ValueError(f"options_grid has duplicate settings: {labels}")
     for o in grid:
@@ -418,14 +420,13 @@ def run_candidate(
     options_grid: list[dict[str, Any]],
     seeds: Iterable[int] = range(100),
     settings: SandboxSettings = SandboxSettings(),  # noqa: B008 - frozen
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CandidateRun:
     """Evaluate candidate controller source on every (environment, options) pair, all seeds, in sandboxed workers.
 
     Never raises for anything the candidate does; `ok`/`error`/`traceback` say what happened. Raises ValueError
-    for bad arguments and SandboxError for a bad sandbox setting. `progress(done, total)` counts cells (one
-    environment × setting × seed each, audit copies included); an exception it raises stops the run and
-    propagates.
+    for bad arguments and SandboxError for a bad sandbox setting. `progress` counts cells (one environment ×
+    setting × seed each, audit copies included); an exception it raises stops the run and propagates.
     """
     t0 = time.perf_counter()
     mode = _mode(settings)
@@ -474,7 +475,7 @@ def run_candidate(
             for q, outcome in job.outcomes.items():
                 why = audit_mod.difference(other[q], outcome)
                 if why is not None:
-                    mismatches.append(AuditMismatch(envs[cell.env].name, options_label(grid[cell.option]),
+                    mismatches.append(AuditMismatch(envs[cell.env].name, format_options(grid[cell.option]),
                                                     seed_list[cell.seed], q, why))
             t_audit[0] += time.perf_counter() - t
         else:
@@ -487,7 +488,7 @@ def run_candidate(
             seconds[key] += time.perf_counter() - job.started
         job.qs, job.outcomes = {}, {}  # a first run's outcomes live on in `first` until the second run ends
         if progress is not None:
-            progress(ev.done_jobs, len(jobs))
+            progress(Progress(ev.done_jobs, len(jobs), "cells"))
 
     ev = _Evaluation(source, envs, grid, seed_list, cells, settings, mode)
     run = CandidateRun(False, None, None)
@@ -503,7 +504,7 @@ def run_candidate(
     run.cells, run.episodes = ev.forked, ev.episodes
     if run.ok:
         for (ei, oi), rows in answers.items():
-            lk = (envs[ei].name, options_label(grid[oi]))
+            lk = (envs[ei].name, format_options(grid[oi]))
             run.results[lk] = Episodes(np.asarray(seed_list, dtype=np.int64), rows, tokens[(ei, oi)], None,
                                        seconds[(ei, oi)])
             run.opened[lk] = opened[(ei, oi)]
