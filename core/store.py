@@ -25,6 +25,7 @@ Both may be gzipped (detected by content, not name).
 from __future__ import annotations
 
 import gzip
+import zlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,7 +59,7 @@ def read_json(path: str | os.PathLike) -> Any:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise ReplayFormatError(str(p), f"corrupt gzip data ({e}); re-export or re-download the file") from None
     try:
         return orjson.loads(raw)

@@ -105,3 +105,18 @@ def test_malformed_file_exit_2(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(bad)])
     assert result.exit_code == 2
     assert "question 0" in result.output and "gold_answer" in result.output
+
+
+def test_corrupt_gzip_body_and_rejected_option_values_are_one_line_errors(tmp_path):
+    import gzip
+    import subprocess
+    import sys
+
+    good = gzip.compress(b'{"x": ' + b"1" * 5000 + b"}")
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(good[:10] + bytes(len(good) - 18) + good[-8:])  # header and trailer intact, body zeroed
+    for args, needle in ((["eval", str(bad), "-c", "sc"], "corrupt gzip data"),
+                         (["eval", "-c", "sc:n=-3"], "'sc:n=-3': sc: n must be at least 1")):
+        r = subprocess.run([sys.executable, "-m", "autotts", *args], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

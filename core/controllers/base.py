@@ -166,7 +166,14 @@ def parse_spec(text: str) -> list[ControllerSpec]:
         cls = BUILTINS[name]
         typed = {k: [_coerce(cls, k, v, text) for v in vs] for k, vs in values.items()}
     combos = itertools.product(*(typed[k] for k in keys)) if keys else [()]
-    return [ControllerSpec(name, tuple(zip(keys, combo, strict=True))) for combo in combos]
+    specs = [ControllerSpec(name, tuple(zip(keys, combo, strict=True))) for combo in combos]
+    if not is_file:
+        for spec in specs:  # a value the controller rejects (sc:n=-3) is a spec error, said before anything runs
+            try:
+                spec.build()
+            except ValueError as e:
+                raise ControllerSpecError(f"'{text}': {e}") from None
+    return specs
 
 
 def _guess_type(raw: str) -> Any:
