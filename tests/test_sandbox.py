@@ -804,3 +804,58 @@ def test_candidate_may_use_dataclasses():
     r = run(DATACLASS_SOURCE, options=[{"beta": 1.0}])
     assert r.ok, r.error
     assert r.results[(ENV.name, "beta=1")].tokens.min() > 0
+
+
+# ----- orphans ------------------------------------------------------------------------------------------------------
+def _sandbox_processes() -> list[int]:
+    """Live processes started from the sandbox's bootstrap (the zygote, its workers, bubblewrap around them)."""
+    from core.sandbox.processes import BOOTSTRAP
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if BOOTSTRAP.encode() in cmd and state != "Z":
+            out.append(int(entry))
+    return out
+
+
+@every_level
+def test_no_worker_survives_a_killed_server(level, tmp_path):
+    import signal
+    import subprocess
+
+    assert not _sandbox_processes()
+    s = LEVEL_SETTINGS[level]
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_sandbox import ENV
+        from core.sandbox import SandboxSettings, run_candidate
+        spin = "class C:\\n    def solve(self, q):\\n        while True:\\n            pass\\n"
+        run_candidate(spin, [ENV], [{{}}], seeds=range(8), settings=SandboxSettings(
+            timeout_s=120, workers=4, use_bwrap={s.use_bwrap}, use_native_namespaces={s.use_native_namespaces}))
+    """))
+    server = subprocess.Popen([sys.executable, str(script)], cwd=str(Path(__file__).parents[1]))
+    try:
+        deadline = time.monotonic() + 60
+        while len(_sandbox_processes()) < 3 and time.monotonic() < deadline:  # the zygote and spinning workers
+            time.sleep(0.1)
+        assert len(_sandbox_processes()) >= 3
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        deadline = time.monotonic() + 5
+        while _sandbox_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _sandbox_processes()
+    finally:
+        if server.poll() is None:
+            server.kill()

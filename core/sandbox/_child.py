@@ -1,10 +1,10 @@
 """One sandbox worker: forked by the zygote, locked down, then it runs one cell of candidate episodes and exits.
 
 Order after the fork (the zygote has already imported everything, so nothing needs the filesystem again):
-close every inherited descriptor but the two pipes and stderr → die with the zygote → own IPC namespace →
-rlimits → drop to uid 65534 (or drop capabilities inside a user namespace) → Landlock with no filesystem access at
-all, no TCP, signals and abstract sockets scoped to this process → seccomp → self-report → (parent) source →
-controller loaded → one cell → exit. Nothing the candidate does afterwards can change the report already sent.
+close every inherited descriptor but the two pipes and stderr → own IPC namespace → rlimits → drop to uid 65534
+(or drop capabilities inside a user namespace) → die with the zygote (armed after the uid change, which clears
+it) → Landlock with no filesystem access at all, no TCP, signals and abstract sockets scoped to this process →
+seccomp → self-report → (parent) source → controller loaded → one cell → exit. Nothing the candidate does afterwards can change the report already sent.
 """
 
 from __future__ import annotations
@@ -70,10 +70,7 @@ def lockdown(init: dict[str, Any], keep: tuple[int, ...]) -> dict[str, Any]:
     for fd in sorted(k for k in keep if k >= 3) + [1 << 16]:
         os.closerange(low, fd)
         low = fd + 1
-    try:
-        _namespaces.die_with_parent()
-    except OSError as e:
-        errors["pdeathsig"] = str(e)
+    zygote = os.getppid()
     if init.get("child_ipc_ns"):
         try:
             _namespaces.unshare(_namespaces.CLONE_NEWIPC)
@@ -113,6 +110,13 @@ def lockdown(init: dict[str, Any], keep: tuple[int, ...]) -> dict[str, Any]:
                 os.setresuid(NOBODY, NOBODY, NOBODY)
         except OSError as e:
             errors["uid"] = str(e)
+
+    try:  # after the uid drop, which clears the parent-death signal
+        _namespaces.die_with_parent()
+    except OSError as e:
+        errors["pdeathsig"] = str(e)
+    if os.getppid() != zygote:
+        os._exit(1)  # the zygote died before the signal was armed
 
     abi = 0
     if init.get("landlock"):
