@@ -199,12 +199,12 @@ def serve(chan: _Channel, memory_mb: int) -> None:
         except CandidateFailure as f:
             return "fail", f.as_dict()
 
-    def exchange(calls: list[list[Any]], done: list[list[Any]]) -> list[list[Any]]:
-        chan.send({"t": "tick", "calls": calls, "done": done})
+    def exchange(calls: list[int], done: list[list[Any]]) -> tuple[list[int], list[list[Any]], list[list[Any]]]:
+        chan.send({"t": "tick", "c": calls, "done": done})
         reply = chan.recv()
         if reply.get("t") != "replies":
             os._exit(3)  # the parent gave up on this cell
-        return reply["r"]
+        return reply["r"], reply["e"], reply["s"]
 
     try:
         run_cell(solve_one, [(slot, n, interval) for slot, n, interval, _, _ in msg["episodes"]], exchange)

@@ -20,6 +20,7 @@ import greenlet
 
 from core.environment import ReplayQuestion, bad_index_message, check_count
 from core.errors import UnrecordedStepError
+from core.sandbox._protocol import OP_CODES
 
 UNOPENED, PRUNED, FULL_READ = -1, -2, -3
 ERRORS: dict[str, type[Exception]] = {"ValueError": ValueError, "IndexError": IndexError, "TypeError": TypeError,
@@ -112,17 +113,17 @@ class MirrorQuestion(ReplayQuestion):
 
     # ----- batch calls: one round trip each -------------------------------------------------------------------
     def probe_new_many(self, n: int) -> list[tuple[str, int, bool]]:
-        out = [tuple(r) for r in self._ask("probe_new_many", [check_count(n)])]
+        out = self._ask("probe_new_many", [check_count(n)])
         for _, i, fin in out:
             self._opened(i, fin)
-        return out  # type: ignore[return-value]
+        return out
 
     def probe_more_many(self, indices: Any) -> list[tuple[str, bool]]:
         idx = self._check_indices(indices)
-        out = [tuple(r) for r in self._ask("probe_more_many", [idx])]
+        out = self._ask("probe_more_many", [idx])
         for i, (_, fin) in zip(idx, out, strict=True):
             self._stepped(i, fin)
-        return out  # type: ignore[return-value]
+        return out
 
     def extend_many(self, indices: Any) -> list[bool]:
         idx = self._check_indices(indices)
@@ -175,16 +176,50 @@ class MirrorQuestion(ReplayQuestion):
         return f"<ReplayQuestion opened={self._next} tokens={self._cost}>"
 
 
+def _encode(slot: int, op: str, args: list[Any], out: list[int]) -> None:
+    code = OP_CODES[op]
+    if op in ("probe_more_many", "extend_many"):
+        out += [slot, code, len(args[0]) + 1, len(args[0]), *args[0]]
+    else:
+        out += [slot, code, len(args), *args]
+
+
+def _decode(op: str, vals: list[int], table: list[str]) -> Any:
+    """A reply's values as the question method returns them (answers from the episode's string table)."""
+    if op == "probe_new":
+        return table[vals[0]], vals[1], bool(vals[2])
+    if op == "probe_more":
+        return table[vals[0]], bool(vals[1])
+    if op in ("read", "probe"):
+        return table[vals[0]]
+    if op == "branch":
+        return vals[0], bool(vals[1])
+    if op == "extend":
+        return bool(vals[0])
+    if op == "prune":
+        return None
+    if op == "probe_new_many":
+        return [(table[vals[j]], vals[j + 1], bool(vals[j + 2])) for j in range(1, 1 + 3 * vals[0], 3)]
+    if op == "probe_more_many":
+        return [(table[vals[j]], bool(vals[j + 1])) for j in range(0, len(vals), 2)]
+    if op == "extend_many":
+        return [bool(v) for v in vals]
+    return [table[v] for v in vals[1:]]  # read_many
+
+
 def run_cell(solve_one: Callable[[MirrorQuestion, int], Any], episodes: list[tuple[int, int, int]],
-             exchange: Callable[[list[list[Any]], list[list[Any]]], list[list[Any]]]) -> None:
+             exchange: Callable[[list[int], list[list[Any]]], tuple[list[int], list[list[Any]], list[list[Any]]]]
+             ) -> None:
     """Run one cell's episodes concurrently on greenlets until all are done.
 
     `episodes`: (slot, n_branches, interval). `solve_one(question, slot)` returns ("done", answer) or
-    ("fail", failure dict). `exchange(calls, done)` sends `[[slot, op, args], ...]` and `[[slot, answer], ...]`
-    to the parent and returns its replies `[[slot, ok, result, cost], ...]` (empty once nothing is pending)."""
+    ("fail", failure dict). `exchange(calls, done)` sends the pending calls (flat, see `broker`) and the finished
+    episodes `[[slot, answer], ...]` to the parent and returns its (flat replies, errors, new strings)."""
     hub = greenlet.getcurrent()
     lets: dict[int, greenlet.greenlet] = {}
-    calls: list[list[Any]] = []
+    tables: dict[int, list[str]] = {}
+    pending: list[tuple[int, str]] = []
+    calls: list[int] = []
     done: list[list[Any]] = []
 
     def call(op: str, args: list[Any]) -> Any:
@@ -192,6 +227,7 @@ def run_cell(solve_one: Callable[[MirrorQuestion, int], Any], episodes: list[tup
 
     def start(slot: int, n_branches: int, interval: int) -> greenlet.greenlet:
         question = MirrorQuestion(call, n_branches, interval)
+        tables[slot] = []
         return greenlet.greenlet(lambda: solve_one(question, slot), parent=hub)
 
     def handle(slot: int, out: Any) -> None:
@@ -202,16 +238,32 @@ def run_cell(solve_one: Callable[[MirrorQuestion, int], Any], episodes: list[tup
                 raise CellFailure(out[1])
             done.append([slot, out[1]])
         else:
-            calls.append([slot, out[0], out[1]])
+            op, args = out
+            pending.append((slot, op))
+            _encode(slot, op, args, calls)
 
     for slot, n_branches, interval in episodes:
         lets[slot] = start(slot, n_branches, interval)
         handle(slot, lets[slot].switch())
     while lets or done:
-        replies = exchange(calls, done)
-        calls, done = [], []
-        for slot, ok, result, cost in replies:
-            handle(slot, lets[slot].switch((ok, result, cost)))
+        flat, errors, strings = exchange(calls, done)
+        asked, calls, done, pending[:] = list(pending), [], [], []
+        for slot, lid, text in strings:
+            table = tables[slot]
+            if lid != len(table):
+                raise CellFailure({"kind": "internal", "error": "the parent sent answer ids out of order"})
+            table.append(text)
+        failed = {k: [t, m] for k, t, m in errors}
+        p = 0
+        for k, (slot, op) in enumerate(asked):
+            status, cost, n = flat[p], flat[p + 1], flat[p + 2]
+            vals = flat[p + 3: p + 3 + n]
+            p += 3 + n
+            if status:
+                reply = (False, failed.get(k, ["RuntimeError", "the call failed"]), cost)
+            else:
+                reply = (True, _decode(op, vals, tables[slot]), cost)
+            handle(slot, lets[slot].switch(reply))
 
 
 class CellFailure(Exception):

@@ -11,8 +11,6 @@ import os
 import select
 import struct
 import time
-import zlib
-from array import array
 from typing import Any
 
 import orjson
@@ -20,6 +18,12 @@ import orjson
 HEADER = struct.Struct("<I")
 MAX_FRAME_FROM_WORKER = 16 << 20
 """A worker frame larger than this is a protocol error (a tick of 30 episodes' calls is a few KB)."""
+
+
+OPS = ("probe_new", "probe_more", "read", "branch", "extend", "probe", "prune", "probe_new_many", "probe_more_many",
+       "extend_many", "read_many")
+"""Question calls a worker sends, by op code (`read` is get_new_branch_final_answer, `read_many` its batch form)."""
+OP_CODES = {name: code for code, name in enumerate(OPS)}
 
 
 class ProtocolError(Exception):
@@ -98,10 +102,4 @@ class FrameBuffer:
                 raise ProtocolError("malformed frame: not a JSON object")
             out.append(obj)
         return out
-
-
-# ----- per-episode fingerprint ------------------------------------------------------------------------------------
-def fingerprint(question: Any) -> int:
-    """CRC-32 of the per-branch state an episode's actions leave (depth, pruned, read in full) — parent side."""
-    return zlib.crc32(array("q", question._depth).tobytes())
 

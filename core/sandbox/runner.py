@@ -23,15 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from core.environment import ReplayEnvironment, ReplayQuestion
+from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
 from core.evaluate import Episodes
 from core.progress import Progress, ProgressCallback
 from core.sandbox import audit as audit_mod
 from core.sandbox import isolation
 from core.sandbox._exec import MAX_ANSWER_CHARS
-from core.sandbox._protocol import ProtocolError, fingerprint
-from core.sandbox.broker import answer_call
+from core.sandbox._protocol import ProtocolError
+from core.sandbox.broker import BrokerProtocolError, CellBroker, QuestionBroker, broker_for
 from core.sandbox.processes import Worker, Zygote, ZygoteError, crash_text
 from core.sandbox.reports import LEVELS, AuditMismatch, AuditReport, IsolationReport
 from core.specs import format_options
@@ -120,13 +120,13 @@ class _Cell:
 class _Job:
     """One run of one cell in one worker."""
 
-    __slots__ = ("cell", "copy", "worker", "state", "qs", "left", "outcomes", "started")
+    __slots__ = ("cell", "copy", "worker", "state", "broker", "left", "outcomes", "started")
 
     def __init__(self, cell: int, copy: int):
         self.cell, self.copy = cell, copy
         self.worker: Worker | None = None
         self.state = "new"
-        self.qs: dict[int, ReplayQuestion] = {}
+        self.broker: CellBroker | QuestionBroker | None = None
         self.left = 0
         self.outcomes: dict[int, audit_mod.EpisodeOutcome] = {}
         self.started = 0.0
@@ -279,7 +279,7 @@ class _Evaluation:
             raise _Stop(f"the sandbox could not start a worker ({e}): {crash_text(self.zygote.err.text())}",
                         None, "exit") from None
         self.forked += 1
-        job.qs = {q: env.question(q, seed, trace=self.traced) for q in cell.questions}
+        job.broker = broker_for(env, cell.questions, seed, self.traced)
         job.left = len(cell.questions)
         job.state = "starting"
         job.started = time.perf_counter()
@@ -316,39 +316,39 @@ class _Evaluation:
         elif job.state == "loading" and kind == "loaded":
             cell = self.cells[job.cell]
             env = self.envs[cell.env]
-            episodes = [[q, env.n_branches(q), int(env.interval[q]), self.seeds[cell.seed], q] for q in cell.questions]
+            episodes = [[slot, env.n_branches(q), int(env.interval[q]), self.seeds[cell.seed], q]
+                        for slot, q in enumerate(cell.questions)]
             w.send({"t": "cell", "env": env.name, "label": format_options(self.grid[cell.option]),
                     "options": self.grid[cell.option], "episodes": episodes}, self.deadline)
             job.state = "running"
         elif job.state == "running" and kind == "tick":
-            w.send({"t": "replies", "r": self.tick(job, msg)}, self.deadline)
+            replies, errors, strings = self.tick(job, msg)
+            w.send({"t": "replies", "r": replies, "e": errors, "s": strings}, self.deadline)
             if job.left == 0:
                 job.state = "finished"
         else:
             raise _Stop(f"the sandbox worker sent an unexpected message ({str(kind)[:40]!r} while {job.state})")
 
-    def tick(self, job: _Job, msg: dict[str, Any]) -> list[list[Any]]:
-        calls, done = msg.get("calls"), msg.get("done")
+    def tick(self, job: _Job, msg: dict[str, Any]) -> tuple[list[int], list[list[Any]], list[list[Any]]]:
+        calls, done = msg.get("c"), msg.get("done")
         if type(calls) is not list or type(done) is not list:
             raise _Stop("the sandbox worker sent a malformed tick")
-        qs = job.qs
+        broker = job.broker
+        assert broker is not None
+        n_slots = len(self.cells[job.cell].questions)
         for entry in done:
-            if type(entry) is not list or len(entry) != 2 or entry[0] not in qs or entry[0] in job.outcomes:
+            if (type(entry) is not list or len(entry) != 2 or type(entry[0]) is not int
+                    or not 0 <= entry[0] < n_slots or entry[0] in job.outcomes):
                 raise _Stop("the sandbox worker finished an episode it was not running")
             slot, answer = entry
             if answer is not None and (type(answer) is not str or len(answer) > MAX_ANSWER_CHARS):
                 raise _Stop("the sandbox worker returned a bad answer")
-            q = qs[slot]
-            job.outcomes[slot] = audit_mod.EpisodeOutcome(answer, q._cost, q._next, fingerprint(q))
+            job.outcomes[slot] = audit_mod.EpisodeOutcome(answer, *broker.outcome(slot))
             job.left -= 1
-        replies = []
-        for entry in calls:
-            if type(entry) is not list or len(entry) != 3 or entry[0] not in qs or entry[0] in job.outcomes:
-                raise _Stop("the sandbox worker called for an episode it was not running")
-            slot, op, args = entry
-            q = qs[slot]
-            ok, result = answer_call(q, op, args)
-            replies.append([slot, ok, result, q._cost])
+        try:
+            replies = broker.tick(calls)
+        except (BrokerProtocolError, TypeError, ValueError, OverflowError) as e:
+            raise _Stop(f"the sandbox worker sent malformed calls ({e})") from None
         self.episodes += len(done)
         return replies
 
@@ -486,7 +486,7 @@ def run_candidate(
                 tokens[key][cell.seed, q] = outcome.tokens
                 opened[key][cell.seed, q] = outcome.opened
             seconds[key] += time.perf_counter() - job.started
-        job.qs, job.outcomes = {}, {}  # a first run's outcomes live on in `first` until the second run ends
+        job.broker, job.outcomes = None, {}  # a first run's outcomes live on in `first` until the second run ends
         if progress is not None:
             progress(Progress(ev.done_jobs, len(jobs), "cells"))
 
@@ -556,6 +556,6 @@ def trace_episode(
         err = stop or _Stop("the episode did not complete")
         tb = (err.traceback_text or "") + (f"\n[output]\n{tail}" if tail else "")
         raise SandboxError(err.error, tb or None, ev.report(err.ended_by))
-    q = int(question)
-    real = job.qs[q]
-    return job.outcomes[q].answer, real._cost, list(real.events)  # type: ignore[attr-defined]
+    assert isinstance(job.broker, QuestionBroker)
+    real = job.broker.qs[0]
+    return job.outcomes[0].answer, real._cost, list(real.events)  # type: ignore[attr-defined]
