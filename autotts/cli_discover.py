@@ -13,8 +13,8 @@ import click
 import orjson
 
 from autotts.cli import main
+from core.discovery.study import Study
 from core.errors import AutoTTSError
-from core.study import Study
 
 
 @main.command("discover")
@@ -77,11 +77,11 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
         raise click.UsageError("--select objective needs --gamma G (accuracy points per token, e.g. 1e-5)")
     if gamma is not None and select_mode != "objective":
         raise click.UsageError("--gamma applies to --select objective only")
+    from core.discovery.service import DiscoveryService
     from mcp_server.discover.client import Explorer, RetryPolicy
     from mcp_server.discover.loop import DiscoverOptions, DiscoveryLoop
     from mcp_server.discover.pricing import PriceTable
     from mcp_server.discover.report import build_report, render_report
-    from mcp_server.service import DiscoveryService
 
     def echo(line: str) -> None:
         if not quiet:
@@ -102,15 +102,16 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
         try:
             outcome = loop.run()
         except KeyboardInterrupt:
-            sid = (loop.log.latest_session() or {}).get("id", "?")
+            latest = loop.log.latest_session()
+            sid = latest.id if latest is not None else "?"
             done = loop.log.last_round(sid) if sid != "?" else 0
             click.echo(f"\ninterrupted: session {sid} has {done} completed round(s) saved; run the same command "
                        "again to continue", err=True)
             ctx.exit(130)
         if outcome.note:
             echo(outcome.note)
-        session = loop.log.session(outcome.session) or {}
-        stored = session.get("report")
+        session = loop.log.session(outcome.session)
+        stored = session.report if session is not None else None
         sel = (stored or {}).get("selection") or {}
         reuse = (outcome.status == "nothing-to-do" and stored is not None
                  and sel.get("mode", select_mode) == select_mode and (gamma is None or sel.get("gamma") == gamma)
@@ -118,7 +119,7 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
         if reuse:
             doc = stored
         else:
-            if study.heldout and not no_heldout and any(r["candidate"] for r in loop.log.rounds(outcome.session)):
+            if study.heldout and not no_heldout and any(r.candidate for r in loop.log.rounds(outcome.session)):
                 echo(f"selecting the final controller and evaluating it on {len(study.heldout)} held-out "
                      "environment(s)…")
             try:

@@ -14,8 +14,8 @@ import click
 import orjson
 
 from autotts.cli import main
+from core.discovery.study import DEFAULT_FOLDER, Study
 from core.errors import AutoTTSError
-from core.study import DEFAULT_FOLDER, Study
 
 STUDY_HELP = f"Study folder (default: $AUTOTTS_STUDY or ./{DEFAULT_FOLDER})."
 
@@ -91,20 +91,20 @@ def study_init(folder: str | None, search: tuple[str, ...], heldout: tuple[str, 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def study_show(folder: str | None, as_json: bool) -> None:
     """Show a study's configuration and its leaderboard."""
-    from core.runstore import RunStore
+    from core.discovery.store import RunStore
 
     study = Study.open(folder or _default_study())
     with RunStore(study.store_path, readonly=True) as store:
         board = store.leaderboard()
-    doc = study.summary() | {"heldout": study.heldout_names, "runs": len(board), "leaderboard": board[:10]}
+    doc = study.summary() | {"heldout": study.heldout_names, "runs": len(board), "leaderboard": [r.to_dict() for r in board[:10]]}
     if as_json:
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(f"Study {study.folder}: search {', '.join(study.search_names)}; "
                f"held out {', '.join(study.heldout_names) or '(none)'}; {len(board)} run(s)")
     for r in board[:10]:
-        score = "" if r["best_accuracy"] is None else f"{r['best_accuracy']:.2f}% at {r['tokens_at_best']:,.0f} tokens"
-        click.echo(f"  {r['run_id']}  {r['status']:<7} {r['name'][:30]:<30} {score or (r['error'] or '')[:60]}")
+        score = "" if r.best_accuracy is None else f"{r.best_accuracy:.2f}% at {r.tokens_at_best:,.0f} tokens"
+        click.echo(f"  {r.run_id}  {r.status:<7} {r.name[:30]:<30} {score or (r.error or '')[:60]}")
 
 
 @main.command("mcp")
@@ -188,15 +188,15 @@ def heldout_command(study_folder: str, run_ids: tuple[str, ...], top: int, as_js
     RUN_IDs (e.g. r0007) default to the best run(s) of the leaderboard. Results are recorded in the run store under
     the held-out split, where the MCP tools never read them.
     """
-    from core.runstore import parse_run_id
-    from mcp_server.service import DiscoveryService
+    from core.discovery.service import DiscoveryService
+    from core.discovery.store import parse_run_id
 
     study = Study.open(study_folder)
     svc = DiscoveryService(study)
     if run_ids:
         ids = [parse_run_id(r) for r in run_ids]
     else:
-        ids = [r["id"] for r in svc.store.leaderboard(include_failed=False)[:top]]
+        ids = [r.id for r in svc.store.leaderboard(include_failed=False)[:top]]
         if not ids:
             raise AutoTTSError("no scored run in this study yet; evaluate candidates first (autotts mcp)")
     show = not no_progress and not as_json

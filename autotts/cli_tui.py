@@ -16,7 +16,7 @@ from core.errors import AutoTTSError
 
 def _default_study() -> str:
     """$AUTOTTS_STUDY, else ./autotts-study (as `autotts mcp` and `autotts study init` use)."""
-    from core.study import DEFAULT_FOLDER
+    from core.discovery.study import DEFAULT_FOLDER
 
     return os.environ.get("AUTOTTS_STUDY", DEFAULT_FOLDER)
 

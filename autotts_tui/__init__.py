@@ -1,6 +1,6 @@
 """`autotts tui` and `autotts plot`: watch a discovery study live, and draw its scaling curves for a paper.
 
-The package splits like frogmouth: the data side (`model`, `queries`, `curves`, `traces`, `textplot`, `figure`)
+The package splits like frogmouth: the data side (`model`, `curves`, `traces`, `textplot`, `figure`)
 never imports Textual, so `autotts plot` and the tests of the data side run without it; the Textual app lives
 in `app` and `widgets/`. Nothing here writes to a study: the run store is opened read-only.
 """

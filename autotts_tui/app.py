@@ -36,6 +36,7 @@ from autotts_tui.widgets.help import HelpScreen
 from autotts_tui.widgets.leaderboard import Leaderboard
 from autotts_tui.widgets.scaling_plot import ScalingPlot
 from autotts_tui.widgets.trace_view import TraceView
+from core.discovery.records import TraceKey
 from core.progress import RunProgress
 from core.specs import cmc_spec
 
@@ -260,7 +261,7 @@ class AutoTTSApp(App[None]):
         self.call_from_thread(self._show_detail, detail)
 
     def _show_detail(self, detail: CandidateDetail) -> None:
-        if detail.run["id"] == self._detail_id:
+        if detail.run.id == self._detail_id:
             self.candidate_pane.show(detail)
 
     # ----- traces -------------------------------------------------------------------------------------------------
@@ -278,10 +279,10 @@ class AutoTTSApp(App[None]):
         beta = c.best.beta if c.best is not None else 0.5
         kwargs: dict[str, Any] = {"controller": f"run:{c.id}", "beta": beta}
         if sandbox_trace_function() is None:
-            recorded = self.reader.queries.recorded_traces(c.id)
+            recorded = self.reader.store.recorded_traces(c.id)
             if recorded:
-                env, beta, seed, question = recorded[0]
-                kwargs.update(env=env, beta=beta, seed=seed, question=question)
+                first = recorded[0]
+                kwargs.update(env=first.env, beta=first.beta, seed=first.seed, question=first.question)
         self.call_from_thread(lambda: self.trace_view.choose(**kwargs))
 
     def on_trace_view_requested(self, event: TraceView.Requested) -> None:
@@ -303,8 +304,8 @@ class AutoTTSApp(App[None]):
             else:
                 run_id = int(ref)
                 run = self.reader.store.run(run_id, with_source=True)
-                recorded = self.reader.store.trace(run_id, req.env, req.beta, req.seed, req.question)
-                trace = candidate_trace(run["source"], f"{run['run_id']} {run['name']}", env, req.beta,
+                recorded = self.reader.store.trace(run_id, TraceKey(req.env, req.beta, req.seed, req.question))
+                trace = candidate_trace(run.source or "", f"{run.run_id} {run.name}", env, req.beta,
                                         req.question, req.seed, recorded,
                                         sandbox_settings(self.reader.study.sandbox))
                 if trace is None:
@@ -320,13 +321,13 @@ class AutoTTSApp(App[None]):
             self.call_from_thread(view.show_trace, trace, grid, n_questions=env.n_questions)
 
     def _no_trace_message(self, run_id: int, req: TraceView.Requested) -> Text:
-        recorded = self.reader.queries.recorded_traces(run_id)
+        recorded = self.reader.store.recorded_traces(run_id)
         t = Text(f"no trace for r{run_id:04d} at β={fmt_beta(req.beta)}, q{req.question}, seed {req.seed}: ",
                  style="yellow")
         t.append("the sandbox (core.sandbox.trace_episode) is not available to re-run the candidate, and the run "
                  "store recorded no trace of this episode. ")
         if recorded:
-            shown = ", ".join(f"{e} β={fmt_beta(b)} q{q} seed {s}" for e, b, s, q in recorded[:4])
+            shown = ", ".join(f"{k.env} β={fmt_beta(k.beta)} q{k.question} seed {k.seed}" for k in recorded[:4])
             t.append(f"Recorded: {shown}" + (" …" if len(recorded) > 4 else ""), style="dim")
         else:
             t.append("None recorded for this run (an agent records them with inspect_trace).", style="dim")

@@ -3,10 +3,10 @@
     python -m autotts_tui.demo_study /tmp/demo-study            # 6 candidates, then exit
     python -m autotts_tui.demo_study /tmp/demo-study --live 5   # then one more every 5 s, with progress.json
 
-The candidates are small, trusted controllers shipped in this file and evaluated IN THIS PROCESS (no sandbox),
-then written with the run store's writer API the way the discovery service writes them (one transaction per
-run, a `summary` with `best` and `monotone`), plus one failing and one refused run. This is the only module of
-`autotts_tui` that writes to a study, and only to a study it is asked to build.
+The candidates are small, trusted controllers shipped in this file, evaluated and recorded by the discovery
+service (`core.discovery.service`) exactly as the MCP server records an agent's candidates, except that they run
+IN THIS PROCESS (sandbox level "off") and, for stable screenshots, at fixed times; one of them fails and one is
+refused. This is the only module of `autotts_tui` that writes to a study, and only to a study it is asked to build.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from core.controller_files import find_controller_class, instantiate, load_module_from_source
-from core.evaluate import run_episodes, score
-from core.runstore import EpisodeArrays, ResultRow, RunRecord, RunStore
-from core.stats import is_monotone
-from core.study import Study
+from core.discovery.records import TraceKey
+from core.discovery.service import DiscoveryService
+from core.discovery.study import Study
+from core.sandbox import SandboxSettings, run_candidate, trace_episode
 
 BASE_TIME = 1_763_996_400.0
 """2025-11-24 15:00:00 UTC (a fixed time): fixed timestamps keep the tests' screenshots stable."""
@@ -179,13 +176,23 @@ class Controller:
         return answer if share > self.beta else None
 '''
 
-PEEKING = '''\
-import os
+READ_ALL = '''\
+from core.primitives import majority
 
 
 class Controller:
+    """Reads every pre-sampled branch: more than the study's ceiling, so the run is refused."""
+
+    def __init__(self, beta=0.5):
+        self.beta = beta
+
     def solve(self, question):
-        return os.environ.get("GOLD")
+        answers = []
+        while True:
+            try:
+                answers.append(question.get_new_branch_final_answer())
+            except IndexError:
+                return majority(answers)
 '''
 
 CANDIDATES: tuple[tuple[str, str], ...] = (
@@ -194,86 +201,60 @@ CANDIDATES: tuple[tuple[str, str], ...] = (
     ("momentum-lite", MOMENTUM_LITE),
     ("broken-idea", BROKEN),
     ("lockstep-vote", LOCKSTEP_V2),
-    ("peeking", PEEKING),
+    ("read-everything", READ_ALL),
 )
 """(name, source) in recording order; the second `lockstep-vote` revises the first."""
 
 
-def evaluate_source(source: str, envs: Sequence[Any], betas: Sequence[float], seeds: Sequence[int]
-                    ) -> list[ResultRow]:
-    """Score trusted controller source on every (environment, β) in this process."""
-    rows = []
-    module = load_module_from_source(source)
-    target = find_controller_class(module)
-    for env in envs:
-        for b in betas:
-            controller = instantiate(target, {"beta": b})
-            episodes = run_episodes(env, controller, seeds)
-            res = score(env, episodes, controller=f"beta={b:g}")
-            ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct, None)
-            rows.append(ResultRow(env.name, float(b), res.accuracy, res.avg_tokens, ep, "search"))
-    return rows
+class _InProcessSandbox:
+    """`core.sandbox` for the demo's trusted candidates, optionally reporting a fixed duration for every run."""
+
+    SandboxSettings = SandboxSettings
+    trace_episode = staticmethod(trace_episode)
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+
+    def run_candidate(self, *args: Any, **kwargs: Any) -> Any:
+        run = run_candidate(*args, **kwargs)
+        if self.seconds is not None:
+            run.seconds = self.seconds
+        return run
 
 
-def summarise(rows: Sequence[ResultRow], betas: Sequence[float]) -> dict[str, Any]:
-    """The summary fields the TUI reads (`best`, `monotone`, `per_beta`), shaped like the discovery service's."""
-    per_beta = []
-    for b in betas:
-        sel = [r for r in rows if abs(r.beta - b) < 1e-9]
-        per_beta.append({"beta": b, "accuracy": round(float(np.mean([r.accuracy for r in sel])), 2),
-                         "avg_tokens": round(float(np.mean([r.avg_tokens for r in sel])), 1)})
-    best = max(per_beta, key=lambda p: (p["accuracy"], -p["avg_tokens"]))
-    return {"per_beta": per_beta, "best": dict(best), "monotone": is_monotone([p["avg_tokens"] for p in per_beta])}
+class _SetClock:
+    """The time the service records with a run: the moment the demo says the candidate was evaluated."""
+
+    def __init__(self) -> None:
+        self.now: float | None = None
+
+    def __call__(self) -> float:
+        return time.time() if self.now is None else self.now
 
 
-def candidate_traceback(error: BaseException, source: str) -> str:
-    """The traceback trimmed to the candidate's own frames (as the sandbox reports it): no paths of this
-    machine, so it reads the same everywhere."""
-    import traceback
-
-    cause = error.__cause__ or error
-    code = source.splitlines()
-    lines = ["Traceback (most recent call last):\n"]
-    for f in traceback.extract_tb(cause.__traceback__):
-        if f.filename == "<candidate>" and f.lineno:
-            lines.append(f'  File "<candidate>", line {f.lineno}, in {f.name}\n    {code[f.lineno - 1].strip()}\n')
-    lines += traceback.format_exception_only(type(cause), cause)
-    return "".join(lines)
+def demo_service(study: Study, *, seconds: float | None = None) -> DiscoveryService:
+    """A discovery service over `study` that runs candidates in this process (they are trusted: they ship here);
+    `seconds` fixes the duration recorded with every run. Close it with `svc.store.close()`."""
+    settings = SandboxSettings(level="off", audit_episodes=int(study.sandbox.get("audit_episodes", 30)),
+                                       audit_seed=0)
+    return DiscoveryService(study, sandbox=_InProcessSandbox(seconds), settings=settings, clock=_SetClock())
 
 
-def record_candidate(store: RunStore, study: Study, name: str, source: str, *, created: float,
-                     traces: int = 3, seconds: float | None = None) -> int:
-    """Evaluate and record one candidate (ok, error or refused), with a few traces of its best β.
-    `seconds` fixes the recorded duration (default: the time the evaluation took)."""
-    betas = list(study.betas)
+def record_candidate(svc: DiscoveryService, name: str, source: str, *, created: float | None = None,
+                     traces: int = 3) -> int:
+    """Evaluate and record one candidate (ok, error or refused) through the service, with the traces of its first
+    `traces` questions at its best β; `created` fixes the time recorded with it (default: now)."""
+    if isinstance(svc.clock, _SetClock):
+        svc.clock.now = created
+    study = svc.study
     envs = study.search_envs()
-    if "import os" in source:
-        return store.record_run(RunRecord(
-            name=name, source=source, status="refused", created=created, finished=created + 0.4, betas=betas,
-            envs=study.search_names, error="line 1: import of 'os' is not allowed in a controller", seconds=0.4))
-    start = time.perf_counter()
-    try:
-        rows = evaluate_source(source, envs, betas, study.seeds)
-    except Exception as e:  # a failing candidate is recorded, not fatal
-        return store.record_run(RunRecord(
-            name=name, source=source, status="error", created=created, finished=created + 1.1, betas=betas,
-            envs=study.search_names, error=str(e), traceback=candidate_traceback(e, source), seconds=1.1))
-    seconds = round(time.perf_counter() - start, 2) if seconds is None else seconds
-    summary = summarise(rows, betas)
-    run_id = store.record_run(RunRecord(
-        name=name, source=source, status="ok", created=created, finished=created + 2.0 + seconds, betas=betas,
-        envs=study.search_names, results=rows, summary=summary, audit={"checked": 0, "mismatches": 0, "passed": True},
-        seconds=seconds))
-    beta = summary["best"]["beta"]
-    env = envs[0]
-    module = load_module_from_source(source)
-    target = find_controller_class(module)
-    for q in range(min(traces, env.n_questions)):
-        single = run_episodes(env.subset([q]), instantiate(target, {"beta": beta}), [0], traces=True)
-        events = (single.traces or {}).get((0, 0), [])
-        store.record_trace(run_id, env.name, beta, 0, q, single.answers[0][0], int(single.tokens[0, 0]),
-                           [list(e) for e in events])
-    return run_id
+    ev = svc.evaluate_candidate(source, name, list(study.betas), envs)
+    if ev.status == "ok" and ev.summary is not None and traces:
+        run = svc.store.run(ev.run_id)
+        env = envs[0]
+        for q in range(min(traces, env.n_questions)):
+            svc.trace_episode(run, env, TraceKey(env.name, ev.summary.best.beta, 0, q))
+    return ev.run_id
 
 
 def build_demo_study(folder: str | os.PathLike, *, n_seeds: int = 5, count: int | None = None,
@@ -283,10 +264,13 @@ def build_demo_study(folder: str | os.PathLike, *, n_seeds: int = 5, count: int 
     (all by default), one every 137 s after `base_time`; with `fixed_seconds` every run "took" 2 s, so the
     store's content depends on nothing but the arguments."""
     study = Study.create(folder, n_seeds=n_seeds, betas=betas, sandbox=sandbox)
-    with RunStore(study.store_path) as store:
+    svc = demo_service(study, seconds=2.0 if fixed_seconds else None)
+    try:
         for k, (name, source) in enumerate(CANDIDATES[:count]):
-            record_candidate(store, study, name, source, created=base_time + 137 * k,
-                             seconds=2.0 if fixed_seconds else None)
+            record_candidate(svc, name, source, created=base_time + 137 * k)
+    finally:
+        svc.store.close()
+    study.progress_path.unlink(missing_ok=True)  # the demo starts with no evaluation in flight
     return study
 
 
@@ -313,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = list(CANDIDATES[args.count or len(CANDIDATES):]) or []
     k = 0
     try:
-        with RunStore(study.store_path) as store:
+        svc = demo_service(study)
+        with svc.store:
             while True:
                 if not todo:
                     k += 1
@@ -326,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    done=i * 100, total=steps * 100, unit="episodes",
                                    message=f"β grid on {len(study.search)} env(s)")
                     time.sleep(args.live / steps)
-                rid = record_candidate(store, study, name, source, created=started)
+                rid = record_candidate(svc, name, source, created=started)
                 write_progress(study.folder, run=name, state="done", started=started, updated=time.time(),
                                done=steps * 100, total=steps * 100)
                 log.write(f"{time.strftime('%H:%M:%S')} INFO autotts.mcp: recorded r{rid:04d} {name}\n")

@@ -167,7 +167,7 @@ def figure_data_from_study(folder: str | os.PathLike, *, candidates: Sequence[st
     """Curves for a study: the named candidates (run ids; default: the `top` by the discovery objective)
     and the baselines evaluated on every search environment with the study's seeds and β grid."""
     from autotts_tui.model import StudyReader
-    from core.runstore import parse_run_id
+    from core.discovery.store import parse_run_id
 
     reader = StudyReader(folder)
     try:

@@ -25,13 +25,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from core.discovery.records import ResultRow, Run, TraceKey
+from core.discovery.store import RunStore
+from core.discovery.study import Study
 from core.environment import ReplayEnvironment
 from core.progress import RunProgress, read_run_progress
-from core.runstore import ResultRow, RunStore
 from core.stats import is_monotone
-from core.study import Study
 
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "server.log"
@@ -107,34 +107,32 @@ def beta_scores(results: Iterable[ResultRow]) -> dict[float, BetaScore]:
     }
 
 
-def candidate_from_run(run: dict[str, Any], results: list[ResultRow]) -> Candidate:
-    """Build a leaderboard row from a run dict (`RunStore.runs_since`) and its search result rows."""
-    scores = beta_scores(results) if run["status"] == "ok" else {}
+def candidate_from_run(run: Run, results: list[ResultRow]) -> Candidate:
+    """Build a leaderboard row from a run (`RunStore.runs_since`) and its search result rows."""
+    assert run.id is not None
+    scores = beta_scores(results) if run.status == "ok" else {}
     env_scores: dict[str, dict[float, tuple[float, float]]] = defaultdict(dict)
-    if run["status"] == "ok":
+    if run.status == "ok":
         for r in results:
             if r.split == "search":
                 env_scores[r.env][round(float(r.beta), 9)] = (float(r.accuracy), float(r.avg_tokens))
-    summary = run.get("summary") or {}
+    summary = run.summary
     best = None
     if scores:
         best_b = min(scores.values(), key=lambda s: (-s.accuracy, s.tokens, s.beta))
-        recorded = summary.get("best") if isinstance(summary, dict) else None
-        if isinstance(recorded, dict) and recorded.get("accuracy") is not None:
-            best = BetaScore(float(recorded.get("beta", best_b.beta)), float(recorded["accuracy"]),
-                             float(recorded.get("avg_tokens", best_b.tokens)), best_b.n_envs)
+        if summary is not None:
+            best = BetaScore(float(summary.best.beta), float(summary.best.accuracy), float(summary.best.avg_tokens),
+                             best_b.n_envs)
         else:
             best = best_b
-    monotone = summary.get("monotone") if isinstance(summary, dict) else None
-    if not isinstance(monotone, bool):
+    monotone = None if summary is None else summary.monotone
+    if monotone is None:  # a run without a summary: the single-knob rule on its search averages
         monotone = is_monotone([s.tokens for s in scores.values()]) if len(scores) >= 2 else None
-    audit = run.get("audit") or {}
     return Candidate(
-        id=int(run["id"]), run_id=str(run.get("run_id") or f"r{int(run['id']):04d}"), name=str(run["name"]),
-        status=str(run["status"]), created=float(run["created"]), finished=float(run["finished"]),
-        error=run.get("error"), sha256=str(run.get("sha256", "")), scores=scores, env_scores=dict(env_scores), best=best, monotone=monotone,
-        envs=list(run.get("envs") or []), betas=[float(b) for b in run.get("betas") or []],
-        seconds=run.get("seconds"), audit_passed=audit.get("passed") if isinstance(audit, dict) else None,
+        id=run.id, run_id=run.run_id, name=run.name, status=run.status, created=float(run.created),
+        finished=float(run.finished), error=run.error, sha256=run.sha256, scores=scores, env_scores=dict(env_scores),
+        best=best, monotone=monotone, envs=list(run.envs), betas=[float(b) for b in run.betas],
+        seconds=run.seconds, audit_passed=None if run.audit is None else run.audit.passed,
     )
 
 
@@ -155,13 +153,14 @@ class Update:
 class CandidateDetail:
     """Everything the candidate pane shows for one run."""
 
-    run: dict[str, Any]
-    """The run dict with its source."""
+    run: Run
+    """The run, with its source."""
     results: list[ResultRow]
     """All splits."""
-    predecessor: dict[str, Any] | None
+    predecessor: Run | None
     """The run it most likely revised (see `StudyReader.predecessor`), with source."""
-    recorded_traces: list[tuple[str, float, int, int]]
+    recorded_traces: list[TraceKey]
+    """The episodes of this run with a recorded trace."""
     predecessor_reason: str = ""
     """Why that run: `same name` or `most similar earlier source`."""
 
@@ -171,12 +170,9 @@ class StudyReader:
 
     def __init__(self, folder: str | os.PathLike, *, progress_file: str | os.PathLike | None = None,
                  log_file: str | os.PathLike | None = None):
-        from autotts_tui.queries import ReadOnlyQueries
-
         self.study = Study.open(folder)
         self.folder = self.study.folder
         self.store = RunStore(self.study.store_path, readonly=True)
-        self.queries = ReadOnlyQueries(self.study.store_path)
         self.progress_path = Path(progress_file) if progress_file else self.folder / PROGRESS_FILE
         self.log_path = Path(log_file) if log_file else self.folder / LOG_FILE
         self._last_run_id = 0
@@ -189,7 +185,6 @@ class StudyReader:
 
     def close(self) -> None:
         self.store.close()
-        self.queries.close()
 
     # ----- polling -----------------------------------------------------------------------------------------
     def poll(self) -> Update:
@@ -200,12 +195,12 @@ class StudyReader:
             if not batch:
                 break
             runs.extend(batch)
-            self._last_run_id = int(batch[-1]["id"])
-        touched, top = self.queries.results_touched_since(self._last_result_rowid)
+            self._last_run_id = int(batch[-1].id or 0)
+        touched, top = self.store.results_touched_since(self._last_result_rowid)
         self._last_result_rowid = top
-        new_ids = {int(r["id"]) for r in runs}
+        new_ids = {int(r.id or 0) for r in runs}
         for run in runs:
-            update.candidates.append(candidate_from_run(run, self.store.results(run["id"], split="search")))
+            update.candidates.append(candidate_from_run(run, self.store.results(run.run_id, split="search")))
         for rid in sorted(touched - new_ids):
             if rid <= self._last_run_id:
                 run = self.store.run(rid, with_source=False)
@@ -239,19 +234,19 @@ class StudyReader:
     def detail(self, run_id: int) -> CandidateDetail:
         run = self.store.run(run_id, with_source=True)
         results = self.store.results(run_id, split=None)
-        prev_id, reason = self.predecessor(run_id, run["name"], run.get("source") or "")
+        prev_id, reason = self.predecessor(run_id, run.name, run.source or "")
         prev = self.store.run(prev_id, with_source=True) if prev_id is not None else None
-        return CandidateDetail(run, results, prev, self.queries.recorded_traces(run_id), reason)
+        return CandidateDetail(run, results, prev, self.store.recorded_traces(run_id), reason)
 
     def predecessor(self, run_id: int, name: str, source: str) -> tuple[int | None, str]:
         """The run a candidate most likely revised. The store records no parent, so: the last earlier run with
         the same name, else the earlier run (of the last 200) whose source shares the most lines with it."""
-        same = self.queries.same_name_before(run_id, name)
+        same = self.store.same_name_before(run_id, name)
         if same is not None:
             return same, "same name"
         lines = source.splitlines()
         best, best_ratio = None, 0.0
-        for rid, other in self.queries.sources_before(run_id):
+        for rid, other in self.store.sources_before(run_id):
             matcher = difflib.SequenceMatcher(None, lines, other.splitlines(), autojunk=False)
             if matcher.real_quick_ratio() <= best_ratio or matcher.quick_ratio() <= best_ratio:
                 continue

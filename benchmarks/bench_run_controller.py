@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    from core.discovery.service import DiscoveryService
+    from core.discovery.study import Study
     from core.evaluate import evaluate
-    from core.study import Study
     from mcp_server import tools
-    from mcp_server.service import DiscoveryService
 
     candidate = (REPO / "tests" / "data" / "cmc_candidate.py").read_text()
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "environments": [e for e in study.search_names], "data": source, "betas": list(study.betas),
             "seeds": args.seeds, "episodes": episodes, "cpus": os.cpu_count(),
-            "isolation": run["isolation"].get("level"), "workers": run["isolation"].get("workers"),
-            "audit_checked": run["audit"].get("checked"),
+            "isolation": run.isolation.level if run.isolation else None,
+            "workers": run.isolation.workers if run.isolation else None,
+            "audit_checked": run.audit.checked if run.audit else None,
             "baselines_first_time_s": round(baseline_s, 2),
             "run_controller_s": [round(x, 2) for x in times],
             "run_controller_median_s": round(statistics.median(times), 2),

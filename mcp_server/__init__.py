@@ -1,9 +1,7 @@
 """The autotts MCP server: discovery tools over a study (`build_server`), and the plain tool functions
-(`mcp_server.tools`) that any agent loop can call."""
+(`mcp_server.tools`) that any agent loop can call. The service they drive is `core.discovery.service`."""
 
-from mcp_server.service import DiscoveryService, ToolInputError
-
-__all__ = ["DiscoveryService", "ToolInputError", "build_server"]
+__all__ = ["build_server"]
 
 
 def build_server(*args, **kwargs):  # noqa: ANN002, ANN003 - lazy so that `import mcp_server` needs no MCP SDK

@@ -6,7 +6,7 @@ Written for this project from the replay specification; kept here (not in the se
 
 from __future__ import annotations
 
-from core.study import Study
+from core.discovery.study import Study
 from mcp_server.checks import ALLOWED_TEXT, MAX_SOURCE_BYTES
 
 EXAMPLE_CONTROLLER = '''\

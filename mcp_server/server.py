@@ -24,11 +24,11 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from core.discovery.service import DiscoveryService
+from core.discovery.study import Study
 from core.errors import AutoTTSError
-from core.study import Study
 from mcp_server import tools
 from mcp_server.prompt import controller_format, discover_prompt
-from mcp_server.service import DiscoveryService
 
 log = logging.getLogger("autotts.mcp")
 

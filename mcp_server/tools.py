@@ -17,10 +17,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from core.discovery.records import EpisodeArrays, Run, TraceKey
+from core.discovery.service import SC64, DiscoveryService, Progress, ToolInputError
+from core.discovery.store import RunStoreError, parse_run_id
 from core.errors import AutoTTSError
-from core.runstore import EpisodeArrays, RunStoreError, parse_run_id
 from mcp_server.checks import check_source
-from mcp_server.service import SC64, DiscoveryService, Progress, ToolInputError
 
 MAX_BETAS = 16
 MAX_NAME = 80
@@ -225,9 +226,9 @@ def run_controller(svc: DiscoveryService, code: str, name: str | None = None, be
     env_names = [e.name for e in env_objs]
     dup = svc.duplicate_of(code, beta_list, env_names)
     if dup is not None:
-        report = report_for_run(svc, dup["id"])
-        report.duplicate_of = dup["run_id"]
-        report.summary = f"identical source already evaluated as {dup['run_id']}; its results: " + report.summary
+        report = report_for_run(svc, dup.run_id)
+        report.duplicate_of = dup.run_id
+        report.summary = f"identical source already evaluated as {dup.run_id}; its results: " + report.summary
         return report
     ev = svc.evaluate_candidate(code, name, beta_list, env_objs, progress)
     report = report_for_run(svc, ev.run_id)
@@ -238,47 +239,44 @@ def run_controller(svc: DiscoveryService, code: str, name: str | None = None, be
 def report_for_run(svc: DiscoveryService, run_id: int | str) -> RunReport:
     """A RunReport rebuilt from the store (what run_controller returns)."""
     run = svc.store.run(run_id, with_source=False)
-    iso = run.get("isolation") or {}
-    audit = run.get("audit") or {}
+    iso, audit = run.isolation, run.audit
     sandbox = None
-    if iso or audit:
+    if iso is not None or audit is not None:
         parts = []
-        if iso.get("level"):
-            parts.append(f"sandbox {iso['level']}")
-        if audit.get("checked"):
-            parts.append(f"audit {'passed' if audit.get('passed') else 'FAILED'} "
-                         f"({_mismatches(audit)} mismatches in {audit.get('checked', 0)} episodes)")
+        if iso is not None and iso.level:
+            parts.append(f"sandbox {iso.level}")
+        if audit is not None and audit.checked:
+            parts.append(f"audit {'passed' if audit.passed else 'FAILED'} "
+                         f"({len(audit.mismatches)} mismatches in {audit.checked} episodes)")
         sandbox = ", ".join(parts) or None
-    stdout = run.get("stdout_tail")
-    common = dict(run_id=run["run_id"], name=run["name"], betas=run["betas"], envs=run["envs"],
-                  seconds=round(run.get("seconds") or 0.0, 2), sandbox=sandbox,
+    stdout = run.stdout_tail
+    common = dict(run_id=run.run_id, name=run.name, betas=run.betas, envs=run.envs,
+                  seconds=round(run.seconds or 0.0, 2), sandbox=sandbox,
                   stdout_tail=stdout[-1500:] if stdout else None)
-    if run["status"] == "error":
+    if run.status == "error":
         return RunReport(status="error", summary="FAILED (fix the error below and call run_controller again)",
-                         error=run["error"],
-                         traceback=_trim_traceback(run.get("traceback")), **common)
-    if run["status"] == "refused":
-        return RunReport(status="refused", summary="REFUSED (no score is shown)", error=run["error"], **common)
-    summary = run.get("summary") or {}
-    env_objs = svc.study.search_envs(run["envs"])
-    frontier_labels = {f["label"] for f in summary.get("frontier", [])}
+                         error=run.error, traceback=_trim_traceback(run.traceback), **common)
+    if run.status == "refused":
+        return RunReport(status="refused", summary="REFUSED (no score is shown)", error=run.error, **common)
+    summary = run.summary
+    assert summary is not None, "every writer records an ok run with its summary"
+    env_objs = svc.study.search_envs(run.envs)
+    frontier_labels = {f.label for f in summary.frontier}
     baselines = [BaselinePoint(label=p.label, accuracy=p.accuracy, avg_tokens=round(p.tokens, 1),
                                on_frontier=p.label in frontier_labels) for p in svc.baseline_points(env_objs)]
-    rows = svc.store.results(run["id"])
+    rows = svc.store.results(run.run_id)
     by = {(r.env, r.beta): r for r in rows}
-    per_env = Table(columns=["env"] + [f"β={b:g}" for b in run["betas"]],
-                    rows=[[e] + [f"{by[(e, b)].accuracy:.2f}/{by[(e, b)].avg_tokens:,.0f}" for b in run["betas"]]
-                          for e in run["envs"]])
-    points = [BetaPoint(**p) for p in summary.get("per_beta", [])]
-    n_on = summary.get("on_frontier", 0)
-    n_above = summary.get("above_frontier", 0)
-    best = summary.get("best", {})
-    verdict = (f"ok. Best {best.get('accuracy', 0):.2f}% at {best.get('avg_tokens', 0):,.0f} tokens (β={best.get('beta', 0):g}); "
-               f"{n_on} of {len(points)} β points undominated by the baselines, {n_above} above their frontier; "
-               f"tokens {'monotone' if summary.get('monotone') else 'NOT monotone'} in β")
+    per_env = Table(columns=["env"] + [f"β={b:g}" for b in run.betas],
+                    rows=[[e] + [f"{by[(e, b)].accuracy:.2f}/{by[(e, b)].avg_tokens:,.0f}" for b in run.betas]
+                          for e in run.envs])
+    points = [BetaPoint(**p.to_dict()) for p in summary.per_beta]
+    best = summary.best
+    verdict = (f"ok. Best {best.accuracy:.2f}% at {best.avg_tokens:,.0f} tokens (β={best.beta:g}); "
+               f"{summary.on_frontier or 0} of {len(points)} β points undominated by the baselines, "
+               f"{summary.above_frontier or 0} above their frontier; "
+               f"tokens {'monotone' if summary.monotone else 'NOT monotone'} in β")
     return RunReport(status="ok", summary=verdict, search_avg=points, per_env=per_env, baselines=baselines,
-                     monotone=summary.get("monotone"), monotone_violations=summary.get("monotone_violations", []),
-                     **common)
+                     monotone=summary.monotone, monotone_violations=summary.monotone_violations, **common)
 
 
 def inspect_trace(svc: DiscoveryService, run_id: str | int, env: str | None = None, beta: float | None = None,
@@ -287,28 +285,29 @@ def inspect_trace(svc: DiscoveryService, run_id: str | int, env: str | None = No
     """Without `question`: a per-question digest of one (environment, β). With it: that episode's actions, paged."""
     rid = _run_id(run_id)
     run = svc.store.run(rid)
-    if run["status"] == "error":
-        raise ToolInputError(f"{run['run_id']} failed ({run['error']}); there is no trace to inspect. Fix the error "
+    if run.status == "error":
+        raise ToolInputError(f"{run.run_id} failed ({run.error}); there is no trace to inspect. Fix the error "
                              "and call run_controller again")
-    if run["status"] == "refused":
-        raise ToolInputError(f"{run['run_id']} was refused ({run['error'][:200]}); refused runs cannot be inspected")
+    if run.status == "refused":
+        raise ToolInputError(f"{run.run_id} was refused ({(run.error or '')[:200]}); refused runs cannot be inspected")
     if env is None:
-        env = run["envs"][0]
+        env = run.envs[0]
     svc.check_env_names([env])
-    if env not in run["envs"]:
-        raise ToolInputError(f"{run['run_id']} was not evaluated on '{env}'; it ran on: {', '.join(run['envs'])}")
-    betas = list(run["betas"])
+    if env not in run.envs:
+        raise ToolInputError(f"{run.run_id} was not evaluated on '{env}'; it ran on: {', '.join(run.envs)}")
+    betas = list(run.betas)
     if beta is None:
         beta = 0.5 if 0.5 in betas else betas[len(betas) // 2]
     match = [b for b in betas if abs(b - float(beta)) < 1e-9]
     if not match:
-        raise ToolInputError(f"{run['run_id']} was not evaluated at β={beta:g}; its β values are {_fmt_betas(betas)}")
+        raise ToolInputError(f"{run.run_id} was not evaluated at β={beta:g}; its β values are {_fmt_betas(betas)}")
     beta = match[0]
     env_obj = svc.study.search_envs([env])[0]
     rows = svc.store.results(rid, env=env, beta=beta, with_episodes=True)
     ep = rows[0].episodes
     assert ep is not None
-    sc = svc.baseline(env_obj, SC64)[2]
+    sc = svc.baseline(env_obj, SC64).episodes
+    assert sc is not None
     seeds = ep.seeds.tolist()
     if seed is not None and seed not in seeds:
         raise ToolInputError(f"seed {seed} is not one of this study's seeds (0..{len(seeds) - 1})")
@@ -325,23 +324,23 @@ def get_history(svc: DiscoveryService, page: int = 1, page_size: int = 20, inclu
     page_size = _check_int(page_size, "page_size", 1, 100)
     chunk, page, pages = _page(board, page, page_size)
     table = Table(columns=["run", "name", "status", "best_acc%", "tokens", "β", "monotone", "undominated", "error"],
-                  rows=[[r["run_id"], r["name"][:40], r["status"], r["best_accuracy"],
-                         None if r["tokens_at_best"] is None else round(r["tokens_at_best"]),
-                         r["beta_at_best"], r["monotone"], r["on_frontier"],
-                         None if not r["error"] else r["error"][:90]] for r in chunk])
+                  rows=[[r.run_id, r.name[:40], r.status, r.best_accuracy,
+                         None if r.tokens_at_best is None else round(r.tokens_at_best),
+                         r.beta_at_best, r.monotone, r.on_frontier,
+                         None if not r.error else r.error[:90]] for r in chunk])
     return History(total=len(board), page=page, pages=pages, busy=svc.busy_since is not None, table=table)
 
 
 def get_controller(svc: DiscoveryService, run_id: str | int, page: int = 1, page_size: int = 300) -> ControllerSource:
     """A recorded candidate's source, paged by lines."""
     run = svc.store.run(_run_id(run_id))
-    lines = run["source"].splitlines()
+    lines = (run.source or "").splitlines()
     page_size = _check_int(page_size, "page_size", 20, 1000)
     chunk, page, pages = _page(lines, page, page_size)
     text = "\n".join(chunk)
     if len(text) > 40_000:
         text = text[:40_000] + "\n# … (page cut at 40,000 characters; use a smaller page_size)"
-    return ControllerSource(run_id=run["run_id"], name=run["name"], status=run["status"], sha256=run["sha256"],
+    return ControllerSource(run_id=run.run_id, name=run.name, status=run.status, sha256=run.sha256,
                             lines=len(lines), page=page, pages=pages, source=text)
 
 
@@ -356,7 +355,7 @@ def get_baselines(svc: DiscoveryService, envs: Sequence[str] | None = None) -> B
                for p in points]
     specs = svc.baseline_specs()
     table = Table(columns=["baseline"] + [e.name for e in env_objs], rows=[
-        [label] + [f"{a:.2f}/{t:,.0f}" for a, t, _ in (svc.baseline(e, spec) for e in env_objs)]
+        [label] + [f"{b.accuracy:.2f}/{b.avg_tokens:,.0f}" for b in (svc.baseline(e, spec) for e in env_objs)]
         for spec, label in specs])
     return Baselines(envs=[e.name for e in env_objs], average=average, per_env=table)
 
@@ -370,7 +369,7 @@ def _stop(opened: int, n_branches: int, ceiling: int) -> str:
     return "early"
 
 
-def _digest(svc: DiscoveryService, run: dict[str, Any], env: Any, beta: float, ep: EpisodeArrays, sc: EpisodeArrays,
+def _digest(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: EpisodeArrays, sc: EpisodeArrays,
             seed: int | None, page: int, page_size: int | None) -> TraceView:
     page_size = _check_int(page_size if page_size is not None else 30, "page_size", 1, 200)
     ceiling = svc.study.max_branches
@@ -385,7 +384,7 @@ def _digest(svc: DiscoveryService, run: dict[str, Any], env: Any, beta: float, e
                  None if ep.opened is None else int(ep.opened[si, q]),
                  None if ep.opened is None else _stop(int(ep.opened[si, q]), env.n_branches(q), ceiling),
                  _short(ep.answers[si][q])] for q in range(n_q)]
-        head = (f"{run['run_id']} on {env.name}, β={beta:g}, seed {seed}: {int(ep.correct[si].sum())}/{n_q} correct, "
+        head = (f"{run.run_id} on {env.name}, β={beta:g}, seed {seed}: {int(ep.correct[si].sum())}/{n_q} correct, "
                 f"{float(ep.tokens[si].mean()):,.0f} tokens/question (SC@64: {int(sc.correct[si].sum())}/{n_q}). "
                 "Pass question= for the action-by-action trace.")
     else:
@@ -405,18 +404,18 @@ def _digest(svc: DiscoveryService, run: dict[str, Any], env: Any, beta: float, e
         acc = 100 * float(ep.correct.mean())
         worst = np.argsort(-lost_mask.sum(axis=0), kind="stable")[:5]
         worst = [int(q) for q in worst if lost_mask[:, q].sum() > 0]
-        head = (f"{run['run_id']} on {env.name}, β={beta:g}: {acc:.2f}% at {float(ep.tokens.mean()):,.0f} tokens/question "
+        head = (f"{run.run_id} on {env.name}, β={beta:g}: {acc:.2f}% at {float(ep.tokens.mean()):,.0f} tokens/question "
                 f"over {len(seeds)} seeds; SC@64 {100 * float(sc.correct.mean()):.2f}% at "
                 f"{float(sc.tokens.mean()):,.0f}. Lost {int(lost_mask.sum())} episodes SC@64 got right, won "
                 f"{int(won_mask.sum())}" + (f"; most lost on questions {worst}" if worst else "") +
                 ". stops: early = stopped on its own, ceiling = hit the branch cap, all = used every branch.")
     chunk, page, pages = _page(rows, page, page_size)
     examples = [[int(seeds[s]), int(q)] for s, q in zip(*np.nonzero(lost_mask), strict=True)][:8]
-    return TraceView(run_id=run["run_id"], kind="digest", env=env.name, beta=beta, seed=seed, summary=head,
+    return TraceView(run_id=run.run_id, kind="digest", env=env.name, beta=beta, seed=seed, summary=head,
                      table=Table(columns=columns, rows=chunk), page=page, pages=pages, examples=examples)
 
 
-def _episode(svc: DiscoveryService, run: dict[str, Any], env: Any, beta: float, ep: EpisodeArrays, sc: EpisodeArrays,
+def _episode(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: EpisodeArrays, sc: EpisodeArrays,
              q: int, seed: int | None, page: int, page_size: int | None) -> TraceView:
     page_size = _check_int(page_size if page_size is not None else 60, "page_size", 1, 300)
     seeds = ep.seeds.tolist()
@@ -429,13 +428,8 @@ def _episode(svc: DiscoveryService, run: dict[str, Any], env: Any, beta: float, 
         why = (" (first seed where SC@64 was right and the candidate wrong)" if lost else
                " (first seed where the candidate was wrong)" if wrong else " (the candidate is right on every seed)")
     si = seeds.index(seed)
-    cached = svc.store.trace(run["id"], env.name, beta, seed, q)
-    if cached is None:
-        answer, tokens, events = svc.sandbox.trace_episode(run["source"], env, {"beta": beta}, seed, q, svc.settings)
-        events = [[str(op), int(b), int(c), a] for op, b, c, a in events]
-        svc.store.record_trace(run["id"], env.name, beta, seed, q, answer, int(tokens), events)
-    else:
-        answer, tokens, events = cached["answer"], cached["tokens"], cached["events"]
+    trace = svc.trace_episode(run, env, TraceKey(env.name, beta, seed, q))
+    answer, tokens, events = trace.answer, trace.tokens, trace.events
     note = ""
     if answer != ep.answers[si][q] or int(tokens) != int(ep.tokens[si, q]):
         note = (f" NOTE: this re-run answered {_short(answer)!r} with {tokens:,} tokens but the recorded run answered "
@@ -448,12 +442,12 @@ def _episode(svc: DiscoveryService, run: dict[str, Any], env: Any, beta: float, 
     chunk, page, pages = _page(rows, page, page_size)
     opened = None if ep.opened is None else int(ep.opened[si, q])
     correct = bool(ep.correct[si, q])
-    head = (f"{run['run_id']} on {env.name}, β={beta:g}, seed {seed}{why}, question {q}: answered {_short(answer)!r} "
+    head = (f"{run.run_id} on {env.name}, β={beta:g}, seed {seed}{why}, question {q}: answered {_short(answer)!r} "
             f"({'correct' if correct else 'wrong'}; SC@64 {'right' if sc.correct[si, q] else 'wrong'}) with "
             f"{int(tokens):,} tokens, {len(events)} actions, {opened if opened is not None else '?'} branches opened."
             f"{note} Columns: action index, op (open=probe_new, step=probe_more, read=full read, branch/extend/probe/"
             "prune), branch, tokens charged, revealed answer, cumulative tokens.")
-    return TraceView(run_id=run["run_id"], kind="episode", env=env.name, beta=beta, seed=seed, question=q,
+    return TraceView(run_id=run.run_id, kind="episode", env=env.name, beta=beta, seed=seed, question=q,
                      summary=head, table=Table(columns=["i", "op", "branch", "cost", "answer", "total"], rows=chunk),
                      page=page, pages=pages, answer=answer, correct=correct, tokens=int(tokens))
 
@@ -552,11 +546,6 @@ def error_text(e: BaseException) -> str:
     if isinstance(e, AutoTTSError):
         return str(e)
     return f"{type(e).__name__}: {e}"
-
-
-def _mismatches(audit: dict[str, Any]) -> int:
-    m = audit.get("mismatches")
-    return len(m) if isinstance(m, list | tuple) else int(m or 0)
 
 
 def _trim_traceback(tb: str | None) -> str | None:

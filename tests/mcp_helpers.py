@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.discovery.study import Study
 from core.store import save_environment
-from core.study import Study
 from core.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]

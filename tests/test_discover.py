@@ -21,8 +21,8 @@ from mcp_helpers import REPO, make_study
 
 import autotts.cli_discover  # noqa: F401 - registers `discover` on the click group
 from autotts.cli import main
-from core.discovery_log import DiscoveryLog
-from core.runstore import RunStore
+from core.discovery.log import DiscoveryLog
+from core.discovery.store import RunStore
 from mcp_server.prompt import EXAMPLE_CONTROLLER
 
 MODEL = "claude-sonnet-4-6"
@@ -57,7 +57,7 @@ def session_rows(study):
     with RunStore(study.store_path, readonly=True) as store:
         log = DiscoveryLog(store)
         sessions = log.sessions()
-        return sessions, {s["id"]: log.rounds(s["id"]) for s in sessions}, log.run_rounds(), log.spent(sessions[-1]["id"])
+        return sessions, {s.id: log.rounds(s.id) for s in sessions}, log.run_rounds(), log.spent(sessions[-1].id)
 
 
 def two_round_script():
@@ -119,14 +119,14 @@ def test_two_rounds_end_to_end(api_env, study):
 
     # Records: two durable rounds, their runs tagged, every call priced.
     sessions, rounds, tags, (spent, calls) = session_rows(study)
-    assert [s["status"] for s in sessions] == ["done"]
-    sid = sessions[0]["id"]
+    assert [s.status for s in sessions] == ["done"]
+    sid = sessions[0].id
     r1, r2 = rounds[sid]
-    assert (r1["round"], r1["candidate"], r1["how"], r1["turns"], r1["tool_calls"]) == (1, 1, "named", 5, 6)
-    assert (r2["round"], r2["candidate"], r2["how"], r2["turns"], r2["tool_calls"]) == (2, 2, "named", 3, 1)
+    assert (r1.round, r1.candidate, r1.how, r1.turns, r1.tool_calls) == (1, 1, "named", 5, 6)
+    assert (r2.round, r2.candidate, r2.how, r2.turns, r2.tool_calls) == (2, 2, "named", 3, 1)
     assert tags == {1: (sid, 1), 2: (sid, 2)}
     assert calls == 8
-    assert r1["cost_usd"] == pytest.approx(5 * CALL_USD) and r2["cost_usd"] == pytest.approx(3 * CALL_USD)
+    assert r1.usage.cost_usd == pytest.approx(5 * CALL_USD) and r2.usage.cost_usd == pytest.approx(3 * CALL_USD)
     assert spent.cost_usd == pytest.approx(8 * CALL_USD)
     assert (spent.input_tokens, spent.output_tokens, spent.cache_write_tokens, spent.cache_read_tokens) == \
         (8000, 1600, 4000, 2400)
@@ -138,7 +138,7 @@ def test_two_rounds_end_to_end(api_env, study):
     for label in ("SC@64", "ASC", "ESC", "Parallel-Probe", "CMC β=0.5", "CMC β=1.0", "synth/omega"):
         assert label in out
     assert f"Discovery cost: ${8 * CALL_USD:.2f}" in out and "8 API calls" in out
-    report = sessions[0]["report"]
+    report = sessions[0].report
     assert report["selection"]["run_id"] in (1, 2) and report["heldout"]["envs"] == ["synth/omega"]
     assert [r["method"] for r in report["heldout"]["rows"]][:6] == \
         ["SC@64", "ASC", "ESC", "Parallel-Probe", "CMC β=0.5", "CMC β=1.0"]
@@ -180,10 +180,10 @@ def test_budget_cap_stops_the_loop(api_env, study):
     assert len(fake.requests) == 1  # the second call's estimate would have crossed the cap: never made
     assert "budget: the next call" in res.stderr and "past the cap of $0.10" in res.stderr
     sessions, rounds, _, (spent, calls) = session_rows(study)
-    assert sessions[0]["status"] == "budget" and calls == 1
+    assert sessions[0].status == "budget" and calls == 1
     assert spent.cost_usd == pytest.approx(0.075) and spent.cost_usd <= 0.10
-    (r1,) = rounds[sessions[0]["id"]]
-    assert (r1["status"], r1["candidate"], r1["how"]) == ("partial", 1, "best-of-round")
+    (r1,) = rounds[sessions[0].id]
+    assert (r1.status, r1.candidate, r1.how) == ("partial", 1, "best-of-round")
     assert "Selected r0001" in res.stdout and "stopped early by the budget cap" in res.stdout
 
     # A cap too small for even the first call: no call at all, and a clean report.
@@ -277,7 +277,7 @@ def test_resume_after_interruption(api_env, study, sig):
         else:
             assert proc.returncode == -signal.SIGKILL
         sessions, rounds, _, (_, calls) = session_rows(study)
-        assert [r["round"] for r in rounds["d0001"]] == [1] and calls == 2
+        assert [r.round for r in rounds["d0001"]] == [1] and calls == 2
 
         n_before = len(fake.requests)
         fake.on_request = None
@@ -287,15 +287,17 @@ def test_resume_after_interruption(api_env, study, sig):
     resumed = fake.requests[n_before:]
     assert len(resumed) == 2 and all("# Round 2 of 2" in str(r["messages"][0]["content"]) for r in resumed)
     sessions, rounds, tags, (_, calls) = session_rows(study)
-    assert [s["status"] for s in sessions] == ["done"] and len(sessions) == 1
-    assert [(r["round"], r["candidate"]) for r in rounds["d0001"]] == [(1, 1), (2, 2)]
+    assert [s.status for s in sessions] == ["done"] and len(sessions) == 1
+    assert [(r.round, r.candidate) for r in rounds["d0001"]] == [(1, 1), (2, 2)]
     assert tags == {1: ("d0001", 1), 2: ("d0001", 2)} and calls == 4
     assert "Selected r000" in again.stdout
 
 
 def test_core_does_not_import_anthropic():
-    code = ("import sys, core, core.discovery_log, core.runstore, core.study, core.evaluate; "
-            "assert 'anthropic' not in sys.modules, 'core imported anthropic'")
+    code = ("import sys, core, core.discovery.log, core.discovery.service, core.discovery.store, "
+            "core.discovery.study, core.evaluate; "
+            "bad = {'anthropic', 'mcp', 'mcp_server', 'textual', 'autotts_tui', 'click', 'autotts'} & set(sys.modules); "
+            "assert not bad, f'core imported {bad}'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     for path in Path(REPO, "core").rglob("*.py"):
         assert "import anthropic" not in path.read_text(), path

@@ -14,8 +14,10 @@ import pytest
 from fake_anthropic import Err, FakeAnthropic, message, text
 from mcp_helpers import make_study
 
-from core.discovery_log import DiscoveryLog, Usage
-from core.runstore import MIGRATIONS, SCHEMA_VERSION, RunRecord, RunStore, RunStoreError
+from core.discovery.log import DiscoveryLog
+from core.discovery.records import BestPoint, BetaSummary, DiscoveryCall, Run, RunSummary, Usage
+from core.discovery.service import DiscoveryService
+from core.discovery.store import MIGRATIONS, SCHEMA_VERSION, RunStore, RunStoreError
 from mcp_server import tools
 from mcp_server.discover.client import Explorer, ExplorerError, RetryPolicy, _retry_after
 from mcp_server.discover.context import RoundLimits, round_brief, system_prompt
@@ -25,7 +27,6 @@ from mcp_server.discover.report import select_final
 from mcp_server.discover.toolbox import Toolbox
 from mcp_server.prompt import EXAMPLE_CONTROLLER, controller_format, discover_prompt
 from mcp_server.server import build_server
-from mcp_server.service import DiscoveryService
 
 
 # ----- prices ----------------------------------------------------------------------------------------------------
@@ -124,19 +125,20 @@ def test_discovery_log_records(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     log = DiscoveryLog(store)
     sid = log.new_session("m", 3, {"rounds": 3})
-    assert sid == "d0001" and log.latest_session()["config"] == {"rounds": 3}
-    rid = store.record_run(RunRecord(name="c", source="s", status="error", created=0, finished=0, betas=[], envs=[]))
-    log.record_call(sid, 1, "m", "tool_use", Usage(10, 2, 3, 4, 0.5), 1.0, 0)
+    assert sid == "d0001" and log.latest_session().config == {"rounds": 3}
+    rid = store.record_run(Run(name="c", source="s", status="error", created=0, finished=0, betas=[], envs=[]))
+    log.record_call(DiscoveryCall(sid, 1, "m", "tool_use", Usage(10, 2, 3, 4, 0.5), 1.0, 0))
     log.tag_run(rid, sid, 1)
-    log.record_call(sid, 1, "m", "end_turn", Usage(1, 1, 0, 0, 0.25), 1.0, 2)  # e.g. an attempt cut short, redone
+    log.record_call(DiscoveryCall(sid, 1, "m", "end_turn", Usage(1, 1, 0, 0, 0.25), 1.0, 2))  # cut short, redone
     row = log.complete_round(sid, 1, status="done", candidate=rid, how="last-run", started=time.time(), turns=2,
                              tool_calls=1, note="n", run_ids=[rid])
-    assert (row["input_tokens"], row["output_tokens"], row["cache_write_tokens"], row["cache_read_tokens"]) == (11, 3, 3, 4)
-    assert row["cost_usd"] == pytest.approx(0.75) and log.last_round(sid) == 1
+    assert row.usage == Usage(11, 3, 3, 4, pytest.approx(0.75)) and log.last_round(sid) == 1
+    assert (row.candidate, row.how, row.turns, row.tool_calls, row.note) == (rid, "last-run", 2, 1, "n")
+    assert log.rounds(sid) == [row]
     log.tag_run(rid, "d0002", 9)  # a duplicate keeps its first round
     assert log.run_rounds() == {rid: (sid, 1)}
     log.update_session(sid, status="done", report={"x": 1})
-    assert log.session(sid)["report"] == {"x": 1} and log.session(sid)["status"] == "done"
+    assert log.session(sid).report == {"x": 1} and log.session(sid).status == "done"
     assert log.new_session("m", 1, {}) == "d0002"
     with pytest.raises(ValueError):
         log.update_session(sid, bogus=1)
@@ -144,10 +146,10 @@ def test_discovery_log_records(tmp_path):
 
 # ----- selection -------------------------------------------------------------------------------------------------
 def _scored(store, name, per_beta, monotone=True, status="ok"):
-    summary = {"per_beta": [{"beta": b, "accuracy": a, "avg_tokens": t} for b, a, t in per_beta],
-               "best": {}, "monotone": monotone}
-    return store.record_run(RunRecord(name=name, source=name, status=status, created=0, finished=0,
-                                      betas=[b for b, _, _ in per_beta], envs=["e"], summary=summary))
+    summary = RunSummary(per_beta=[BetaSummary(b, a, t) for b, a, t in per_beta], best=BestPoint(*per_beta[-1]),
+                         monotone=monotone)
+    return store.record_run(Run(name=name, source=name, status=status, created=0, finished=0,
+                                betas=[b for b, _, _ in per_beta], envs=["e"], summary=summary))
 
 
 def test_select_final_rules(tmp_path):

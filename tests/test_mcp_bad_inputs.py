@@ -14,10 +14,10 @@ import pytest
 from mcp import Client
 from mcp_helpers import HELDOUT, SEARCH, make_study, text
 
+from core.discovery.service import DiscoveryService
 from core.sandbox import probe_isolation
 from mcp_server.prompt import EXAMPLE_CONTROLLER
 from mcp_server.server import build_server
-from mcp_server.service import DiscoveryService
 
 pytestmark = pytest.mark.anyio
 
@@ -207,6 +207,6 @@ async def test_oracle_peeking_past_the_static_check_is_refused(env):
 
 async def test_errors_are_recorded_not_fatal(env):
     runs = env["svc"].store.runs_since(0)
-    statuses = {r["status"] for r in runs}
+    statuses = {r.status for r in runs}
     assert "error" in statuses and "ok" in statuses
-    assert all(r["error"] for r in runs if r["status"] != "ok")
+    assert all(r.error for r in runs if r.status != "ok")

@@ -24,11 +24,12 @@ from mcp_helpers import CMC_CANDIDATE, HELDOUT, REPO, SEARCH, make_study, text
 
 import autotts.cli_study  # noqa: F401 - registers `study`, `mcp` and `heldout` on the click group
 from autotts.cli import main
+from core.discovery.records import TraceKey
+from core.discovery.service import DiscoveryService
 from core.evaluate import evaluate
 from mcp_server import tools
 from mcp_server.prompt import EXAMPLE_CONTROLLER
 from mcp_server.server import build_server
-from mcp_server.service import DiscoveryService
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +191,7 @@ async def test_inspect_trace_digest_episode_and_paging(server, svc, study, examp
         recorded = svc.store.results(rid, env=SEARCH[0], beta=0.5, with_episodes=True)[0].episodes
         assert ep["tokens"] == int(recorded.tokens[3, 1]) and ep["answer"] == recorded.answers[3][1]
         assert "NOTE" not in ep["summary"]  # the re-run matched the recorded episode
-        assert svc.store.trace(int(rid[1:]), SEARCH[0], 0.5, 3, 1) is not None  # cached for next time
+        assert svc.store.trace(int(rid[1:]), TraceKey(SEARCH[0], 0.5, 3, 1)) is not None  # cached for next time
         small = await c.call_tool("inspect_trace", {"run_id": rid, "env": SEARCH[0], "beta": 0.5, "question": 1,
                                                     "seed": 3, "page_size": 5, "page": 2})
         assert small.structured_content["table"]["rows"][0][0] == 5
@@ -232,7 +233,7 @@ async def test_branch_ceiling_is_enforced(server, svc):
         r = await c.call_tool("run_controller", {"code": GREEDY, "betas": [0.5]})
     assert r.is_error
     assert r.structured_content["status"] == "refused" and "ceiling is 64" in text(r)
-    assert svc.store.run(r.structured_content["run_id"])["status"] == "refused"
+    assert svc.store.run(r.structured_content["run_id"]).status == "refused"
 
 
 async def test_concurrent_run_controller_calls_are_serialised(server, svc):
@@ -251,8 +252,8 @@ async def test_concurrent_run_controller_calls_are_serialised(server, svc):
     assert all(r["status"] == "ok" for r in reports), [text(results[k]) for k in "ab"]
     assert reports[0]["run_id"] != reports[1]["run_id"]
     assert max(r["queued_s"] for r in reports) > 0
-    runs = sorted((svc.store.run(r["run_id"]) for r in reports), key=lambda r: r["created"])
-    assert runs[0]["finished"] <= runs[1]["created"] + 1e-3  # one at a time
+    runs = sorted((svc.store.run(r["run_id"]) for r in reports), key=lambda r: r.created)
+    assert runs[0].finished <= runs[1].created + 1e-3  # one at a time
     assert any("waited" in text(results[k]) for k in "ab")
 
 

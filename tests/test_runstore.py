@@ -13,16 +13,22 @@ import time
 import numpy as np
 import pytest
 
-from core.runstore import (
-    SCHEMA_VERSION,
+from core.discovery.records import (
+    AuditReport,
+    Baseline,
+    BestPoint,
+    BetaSummary,
     EpisodeArrays,
+    HeldoutSummary,
+    IsolationReport,
     ResultRow,
-    RunRecord,
-    RunStore,
-    RunStoreError,
+    Run,
+    RunSummary,
+    Trace,
+    TraceKey,
     format_run_id,
-    parse_run_id,
 )
+from core.discovery.store import SCHEMA_VERSION, RunStore, RunStoreError, parse_run_id
 
 
 def _episodes(s: int = 4, q: int = 3, seed: int = 0) -> EpisodeArrays:
@@ -33,15 +39,17 @@ def _episodes(s: int = 4, q: int = 3, seed: int = 0) -> EpisodeArrays:
 
 
 def _record(name: str = "cand", status: str = "ok", acc: float = 50.0, tokens: float = 1000.0,
-            envs: tuple[str, ...] = ("e1", "e2"), betas: tuple[float, ...] = (0.0, 1.0)) -> RunRecord:
+            envs: tuple[str, ...] = ("e1", "e2"), betas: tuple[float, ...] = (0.0, 1.0)
+            ) -> tuple[Run, list[ResultRow]]:
     rows = [ResultRow(e, b, acc, tokens, _episodes(), "search", 12) for e in envs for b in betas]
-    summary = None if status != "ok" else {"best": {"accuracy": acc, "avg_tokens": tokens, "beta": 1.0},
-                                           "monotone": True, "on_frontier": 1}
-    return RunRecord(name=name, source=f"# {name}\nclass C:\n    def solve(self, q):\n        return None\n",
-                     status=status, created=time.time(), finished=time.time(), betas=list(betas), envs=list(envs),
-                     results=rows if status == "ok" else [], summary=summary,
-                     error=None if status == "ok" else "controller raised ValueError: boom",
-                     isolation={"level": "strong"}, audit={"checked": 30, "mismatches": 0, "passed": True})
+    summary = None if status != "ok" else RunSummary(
+        per_beta=[BetaSummary(b, acc, tokens, False) for b in betas], best=BestPoint(1.0, acc, tokens),
+        monotone=True, on_frontier=1)
+    run = Run(name=name, source=f"# {name}\nclass C:\n    def solve(self, q):\n        return None\n",
+              status=status, created=time.time(), finished=time.time(), betas=list(betas), envs=list(envs),
+              summary=summary, error=None if status == "ok" else "controller raised ValueError: boom",
+              isolation=IsolationReport(level="strong"), audit=AuditReport(checked=30, passed=True))
+    return run, rows if status == "ok" else []
 
 
 def test_schema_created_and_versioned(tmp_path):
@@ -75,18 +83,18 @@ def test_readonly_needs_existing_store_and_cannot_write(tmp_path):
     ro = RunStore(tmp_path / "runs.sqlite", readonly=True)
     assert ro.runs_since(0) == [] and ro.leaderboard() == []  # works with no writer attached (no -wal/-shm)
     with pytest.raises(RunStoreError, match="read-only"):
-        ro.record_run(_record())
+        ro.record_run(*_record())
 
 
 def test_record_and_read_back(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    rec = _record()
-    rid = store.record_run(rec)
+    rec, rows = _record()
+    rid = store.record_run(rec, rows)
     run = store.run(format_run_id(rid))
-    assert run["run_id"] == "r0001" and run["name"] == "cand" and run["status"] == "ok"
-    assert run["source"] == rec.source and len(run["sha256"]) == 64
-    assert run["betas"] == [0.0, 1.0] and run["envs"] == ["e1", "e2"]
-    assert run["isolation"] == {"level": "strong"} and run["audit"]["passed"] is True
+    assert run.run_id == "r0001" and run.name == "cand" and run.status == "ok"
+    assert run.source == rec.source and len(run.sha256) == 64
+    assert run.betas == [0.0, 1.0] and run.envs == ["e1", "e2"]
+    assert run.isolation == rec.isolation and run.audit == rec.audit and run.summary == rec.summary
     rows = store.results(rid, with_episodes=True)
     assert [(r.env, r.beta) for r in rows] == [("e1", 0.0), ("e1", 1.0), ("e2", 0.0), ("e2", 1.0)]
     want = _episodes()
@@ -105,101 +113,116 @@ def test_run_ids(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     with pytest.raises(RunStoreError, match="no run r0003.*no run has been recorded"):
         store.run("r3")
-    store.record_run(_record())
+    store.record_run(*_record())
     with pytest.raises(RunStoreError, match="ids run from r0001 to r0001"):
         store.run(3)
 
 
 def test_runs_since_and_leaderboard(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    a = store.record_run(_record("a", acc=60.0, tokens=5000))
-    b = store.record_run(_record("b", status="error"))
-    c = store.record_run(_record("c", acc=70.0, tokens=9000))
-    d = store.record_run(_record("d", acc=70.0, tokens=4000))
-    assert [r["name"] for r in store.runs_since(0)] == ["a", "b", "c", "d"]
-    assert [r["id"] for r in store.runs_since(b)] == [c, d]
-    assert "source" not in store.runs_since(0)[0]
+    a = store.record_run(*_record("a", acc=60.0, tokens=5000))
+    b = store.record_run(*_record("b", status="error"))
+    c = store.record_run(*_record("c", acc=70.0, tokens=9000))
+    d = store.record_run(*_record("d", acc=70.0, tokens=4000))
+    assert [r.name for r in store.runs_since(0)] == ["a", "b", "c", "d"]
+    assert [r.id for r in store.runs_since(b)] == [c, d]
+    assert store.runs_since(0)[0].source is None
     board = store.leaderboard()
-    assert [r["name"] for r in board] == ["d", "c", "a", "b"]
-    assert board[0]["run_id"] == format_run_id(d) and board[-1]["best_accuracy"] is None
-    assert [r["name"] for r in store.leaderboard(include_failed=False)] == ["d", "c", "a"]
+    assert [r.name for r in board] == ["d", "c", "a", "b"]
+    assert board[0].run_id == format_run_id(d) and board[-1].best_accuracy is None
+    assert board[0].on_frontier == 1 and board[0].monotone is True and board[-1].on_frontier is None
+    assert [r.name for r in store.leaderboard(include_failed=False)] == ["d", "c", "a"]
     assert store.last_run_id() == d and a == 1
 
 
 def test_heldout_results_added_in_one_transaction(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    rid = store.record_run(_record())
-    store.add_results(rid, [ResultRow("h1", 1.0, 80.0, 2000.0, _episodes(), "heldout")],
-                      summary_key="heldout", summary={"per_beta": [1]})
+    rid = store.record_run(*_record())
+    held = HeldoutSummary(["h1"], [BetaSummary(1.0, 80.0, 2000.0, False)], [], 1.0)
+    store.record_heldout(rid, [ResultRow("h1", 1.0, 80.0, 2000.0, _episodes(), "heldout")], held)
     assert len(store.results(rid)) == 4  # the default split is search: held-out rows stay apart
     assert [r.env for r in store.results(rid, split="heldout")] == ["h1"]
-    assert store.run(rid)["summary"]["heldout"] == {"per_beta": [1]}
-    assert store.run(rid)["summary"]["best"]["accuracy"] == 50.0
-    with pytest.raises(RunStoreError):
-        store.add_results(99, [])
+    summary = store.run(rid).summary
+    assert summary is not None and summary.heldout == held and summary.best.accuracy == 50.0
+    with pytest.raises(RunStoreError, match="no run r0099"):
+        store.record_heldout(99, [], held)
+    failed = store.record_run(*_record("failed", status="error"))
+    with pytest.raises(RunStoreError, match="only scored runs"):
+        store.record_heldout(failed, [], held)
 
 
 def test_failed_transaction_leaves_nothing(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    store.record_run(_record("kept"))
+    store.record_run(*_record("kept"))
 
     def rows():
         yield ResultRow("e1", 0.0, 1.0, 1.0, _episodes())
         raise RuntimeError("disk on fire")
 
-    rec = _record("lost")
-    rec.results = rows()
     with pytest.raises(RuntimeError):
-        store.record_run(rec)
-    assert [r["name"] for r in store.runs_since(0)] == ["kept"]
+        store.record_run(_record("lost")[0], rows())
+    assert [r.name for r in store.runs_since(0)] == ["kept"]
     assert store._db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 4
 
 
 def test_traces_and_baselines(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    rid = store.record_run(_record())
+    rid = store.record_run(*_record())
     events = [["open", 0, 500, "12"], ["step", 0, 300, "12"]]
-    store.record_trace(rid, "e1", 0.5, 3, 2, "12", 800, events)
-    assert store.trace(rid, "e1", 0.5, 3, 2) == {"answer": "12", "tokens": 800, "events": events}
-    assert store.trace(rid, "e1", 0.5, 3, 1) is None
-    store.record_baseline("k", "e1", "sc:n=64", "range(4)", 70.0, 9e5, _episodes())
-    acc, tok, ep = store.baseline("k", "sc:n=64", "range(4)", with_episodes=True)
-    assert (acc, tok) == (70.0, 9e5) and ep.answers == _episodes().answers
+    store.record_trace(rid, TraceKey("e1", 0.5, 3, 2), Trace("12", 800, events))
+    assert store.trace(rid, TraceKey("e1", 0.5, 3, 2)) == Trace("12", 800, events)
+    assert store.trace(rid, TraceKey("e1", 0.5, 3, 1)) is None
+    assert store.recorded_traces(rid) == [TraceKey("e1", 0.5, 3, 2)]
+    store.record_baseline("k", "e1", "sc:n=64", "range(4)", Baseline(70.0, 9e5, _episodes()))
+    got = store.baseline("k", "sc:n=64", "range(4)", with_episodes=True)
+    assert (got.accuracy, got.avg_tokens) == (70.0, 9e5) and got.episodes.answers == _episodes().answers
+    assert store.baseline("k", "sc:n=64", "range(4)").episodes is None
     assert store.baseline("other", "sc:n=64", "range(4)") is None
+
+
+def test_run_lookups_of_the_candidate_pane(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    a = store.record_run(*_record("a"))
+    store.record_run(*_record("b"))
+    c = store.record_run(*_record("a"))
+    assert store.same_name_before(c, "a") == a and store.same_name_before(a, "a") is None
+    assert [i for i, _ in store.sources_before(c)] == [2, 1]
+    touched, top = store.results_touched_since(0)
+    assert touched == {1, 2, 3} and top == 12
+    assert store.results_touched_since(top) == (set(), top)
 
 
 def test_wal_reader_sees_committed_runs_while_writer_is_mid_transaction(tmp_path):
     path = tmp_path / "runs.sqlite"
     writer = RunStore(path)
-    writer.record_run(_record("first"))
+    writer.record_run(*_record("first"))
     reader = RunStore(path, readonly=True)
     writer._db.execute("BEGIN IMMEDIATE")
     writer._db.execute("INSERT INTO runs (name, source, sha256, created, finished, status, betas, envs) "
                        "VALUES ('half', '', '', 0, 0, 'ok', '[]', '[]')")
     t0 = time.perf_counter()
-    assert [r["name"] for r in reader.runs_since(0)] == ["first"]  # not blocked, and sees no half-written run
+    assert [r.name for r in reader.runs_since(0)] == ["first"]  # not blocked, and sees no half-written run
     assert time.perf_counter() - t0 < 1.0
     writer._db.execute("ROLLBACK")
-    writer.record_run(_record("second"))
-    assert [r["name"] for r in reader.runs_since(0)] == ["first", "second"]
+    writer.record_run(*_record("second"))
+    assert [r.name for r in reader.runs_since(0)] == ["first", "second"]
 
 
 CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from test_runstore import _record, _episodes
-    from core.runstore import ResultRow, RunStore
+    from core.discovery.records import ResultRow
+    from core.discovery.store import RunStore
     store = RunStore({path!r})
-    store.record_run(_record("survivor"))
+    store.record_run(*_record("survivor"))
     def rows():
         for i in range(50):
             yield ResultRow(f"e{{i}}", 0.5, 1.0, 1.0, _episodes(50, 30, i))
             if i == 25:
                 print("mid-transaction", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-    rec = _record("victim")
-    rec.results = rows()
-    store.record_run(rec)
+    store.record_run(_record("victim")[0], rows())
 """)
 
 
@@ -210,7 +233,7 @@ def test_kill_mid_evaluation_loses_nothing_and_leaves_no_half_row(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert "mid-transaction" in proc.stdout
     store = RunStore(path)
-    assert [r["name"] for r in store.runs_since(0)] == ["survivor"]
+    assert [r.name for r in store.runs_since(0)] == ["survivor"]
     assert store._db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 4
     assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert store.record_run(_record("after")) == 2
+    assert store.record_run(*_record("after")) == 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from core.discovery.study import DEFAULT_BETAS, STUDY_FILE, Study, StudyError, parse_question_slice
 from core.store import save_environment
-from core.study import DEFAULT_BETAS, STUDY_FILE, Study, StudyError, parse_question_slice
 from core.synthetic import generate
 
 

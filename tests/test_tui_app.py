@@ -13,14 +13,20 @@ from textual.worker import WorkerCancelled
 
 from autotts_tui import traces
 from autotts_tui.app import make_app
-from autotts_tui.demo_study import BASE_TIME, CANDIDATES, LOCKSTEP_V2, build_demo_study, record_candidate
+from autotts_tui.demo_study import (
+    BASE_TIME,
+    CANDIDATES,
+    LOCKSTEP_V2,
+    build_demo_study,
+    demo_service,
+    record_candidate,
+)
 from autotts_tui.widgets.activity import LogPane, ProgressStrip
 from autotts_tui.widgets.candidate import CandidatePane
 from autotts_tui.widgets.help import HelpScreen
 from autotts_tui.widgets.leaderboard import Leaderboard
 from autotts_tui.widgets.scaling_plot import ScalingPlot
 from autotts_tui.widgets.trace_view import TraceView
-from core.runstore import RunStore
 
 SIZE = (100, 32)
 pytestmark = pytest.mark.anyio
@@ -142,7 +148,7 @@ async def test_enter_opens_source_and_diff(study):
         await settle(pilot)
         assert app.query_one(TabbedContent).active == "candidate"
         pane = app.query_one(CandidatePane)
-        assert pane.detail is not None and pane.detail.run["id"] == 5
+        assert pane.detail is not None and pane.detail.run.id == 5
         body = pane.query_one("#cand-code-body").content
         assert body.code == LOCKSTEP_V2 and body.lexer.name == "Python"
         await pilot.press("d")
@@ -153,7 +159,7 @@ async def test_enter_opens_source_and_diff(study):
         await pilot.press("1")
         board.select_id(4)
         await settle(pilot)
-        assert pane.detail.run["status"] == "error"
+        assert pane.detail.run.status == "error"
         assert "ZeroDivisionError" in pane.query_one("#cand-error-body").content.plain
 
 
@@ -223,10 +229,10 @@ async def test_new_candidates_appear_while_the_app_runs(tmp_path):
 
         progress.write_bytes(orjson.dumps({"run": "lockstep-vote", "state": "running", "started": time.time(),
                                            "updated": time.time(), "done": 40, "total": 160}))
-        with RunStore(study.store_path) as store:  # the writer, as the MCP server would
+        svc = demo_service(study, seconds=1.0)
+        with svc.store:  # the service writes, as the MCP server would
             for k, (name, source) in enumerate(CANDIDATES[2:4]):
-                await asyncio.to_thread(record_candidate, store, study, name, source,
-                                        created=BASE_TIME + 1000 + k, traces=0, seconds=1.0)
+                await asyncio.to_thread(record_candidate, svc, name, source, created=BASE_TIME + 1000 + k, traces=0)
         written = time.monotonic()
         while board.row_count < 4 and time.monotonic() - written < 10:
             await pilot.pause(0.05)

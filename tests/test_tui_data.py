@@ -8,12 +8,13 @@ import orjson
 import pytest
 
 from autotts_tui import curves, traces
-from autotts_tui.demo_study import BASE_TIME, SC_BUDGET, build_demo_study, record_candidate
+from autotts_tui.demo_study import BASE_TIME, SC_BUDGET, build_demo_study, demo_service, record_candidate
 from autotts_tui.formatting import fmt_acc, fmt_tokens
 from autotts_tui.model import StudyReader
 from autotts_tui.textplot import Series, render_plot
+from core.discovery.records import HeldoutSummary, ResultRow, Trace, TraceKey
+from core.discovery.store import RunStore, RunStoreError
 from core.progress import read_run_progress
-from core.runstore import ResultRow, RunStore, RunStoreError
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,10 @@ def test_reader_turns_runs_into_candidates_and_polls_only_changes(study):
         assert "ZeroDivisionError" in (broken.error or "")
         assert reader.poll().candidates == []  # nothing changed
         detail = reader.detail(5)
-        assert detail.predecessor is not None and detail.predecessor["run_id"] == "r0002"  # same name
-        assert detail.recorded_traces and detail.run["source"].startswith("from core.primitives")
+        assert detail.predecessor is not None and detail.predecessor.run_id == "r0002"  # same name
+        assert detail.recorded_traces and detail.run.source.startswith("from core.primitives")
         d3 = reader.detail(3)  # no same-name run: the earlier run whose source is most alike
-        assert d3.predecessor["run_id"] == "r0002" and d3.predecessor_reason == "most similar earlier source"
+        assert d3.predecessor.run_id == "r0002" and d3.predecessor_reason == "most similar earlier source"
     finally:
         reader.close()
 
@@ -51,7 +52,7 @@ def test_reader_never_writes(study):
     reader.poll()
     reader.detail(1)
     with pytest.raises(RunStoreError):
-        reader.store.record_trace(1, "x", 0.5, 0, 0, None, 0, [])
+        reader.store.record_trace(1, TraceKey("x", 0.5, 0, 0), Trace(None, 0, []))
     reader.close()
     assert study.store_path.read_bytes() == before
 
@@ -82,12 +83,14 @@ def test_live_writes_are_seen_by_the_next_poll(tmp_path):
     reader = StudyReader(study.folder)
     try:
         assert reader.poll().candidates == []
-        with RunStore(study.store_path) as store:
-            record_candidate(store, study, "late", SC_BUDGET, created=BASE_TIME, traces=0, seconds=1.0)
+        svc = demo_service(study, seconds=1.0)
+        with svc.store:
+            record_candidate(svc, "late", SC_BUDGET, created=BASE_TIME, traces=0)
         u = reader.poll()
         assert [c.name for c in u.candidates] == ["late"] and u.new_ids == {1}
         with RunStore(study.store_path) as store:  # a held-out row added later refreshes that run
-            store.add_results(1, [ResultRow(study.heldout_names[0], 0.5, 50.0, 1234.0, None, "heldout")])
+            held = HeldoutSummary(study.heldout_names, [], [], BASE_TIME)
+            store.record_heldout(1, [ResultRow(study.heldout_names[0], 0.5, 50.0, 1234.0, None, "heldout")], held)
         again = reader.poll()
         assert [c.id for c in again.candidates] == [1] and again.new_ids == set()
     finally:

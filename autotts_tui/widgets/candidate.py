@@ -59,24 +59,21 @@ class CandidatePane(Vertical):
     def show(self, detail: CandidateDetail) -> None:
         self.detail = detail
         run = detail.run
-        status = run["status"]
+        status = run.status
         s = Text()
-        s.append(f"{run['run_id']} ", style="bold")
-        s.append(run["name"], style="bold")
+        s.append(f"{run.run_id} ", style="bold")
+        s.append(run.name, style="bold")
         s.append(f" · {status}", style="green" if status == "ok" else "red")
-        summary = run.get("summary") or {}
-        best = summary.get("best") if isinstance(summary, dict) else None
-        if isinstance(best, dict) and best.get("accuracy") is not None:
-            s.append(f" · best {best['accuracy']:.2f}% @ β={fmt_beta(best.get('beta'))}"
-                     f" ({fmt_tokens(best.get('avg_tokens'))} tok)")
-        audit = run.get("audit") or {}
-        if isinstance(audit, dict) and "passed" in audit:
-            s.append(" · audit " + ("passed" if audit["passed"] else "FAILED"),
-                     style="" if audit["passed"] else "bold red")
-        s.append(f"\nrecorded {fmt_datetime(run.get('finished'), self.tz)} · took {fmt_duration(run.get('seconds'))}"
-                 f" · sha {str(run.get('sha256', ''))[:12]}", style="dim")
+        if run.summary is not None:
+            best = run.summary.best
+            s.append(f" · best {best.accuracy:.2f}% @ β={fmt_beta(best.beta)} ({fmt_tokens(best.avg_tokens)} tok)")
+        if run.audit is not None and run.audit.skipped is None:  # a failed evaluation skips the audit
+            s.append(" · audit " + ("passed" if run.audit.passed else "FAILED"),
+                     style="" if run.audit.passed else "bold red")
+        s.append(f"\nrecorded {fmt_datetime(run.finished, self.tz)} · took {fmt_duration(run.seconds)}"
+                 f" · sha {run.sha256[:12]}", style="dim")
         prev = detail.predecessor
-        s.append(" · diff vs " + (f"{prev['run_id']} {prev['name']} ({detail.predecessor_reason})" if prev else
+        s.append(" · diff vs " + (f"{prev.run_id} {prev.name} ({detail.predecessor_reason})" if prev else
                                    "nothing (first run)"), style="dim")
         self.query_one("#cand-summary", Static).update(s)
 
@@ -90,11 +87,11 @@ class CandidatePane(Vertical):
         self.query_one("#cand-error").display = error
         table.display = not error or bool(detail.results)
         if error:
-            err = Text(f"{status}: {run.get('error') or ''}\n", style="bold red")
-            if run.get("traceback"):
-                err.append(str(run["traceback"]))
-            if run.get("stdout_tail"):
-                err.append("\n--- stdout ---\n" + str(run["stdout_tail"]), style="dim")
+            err = Text(f"{status}: {run.error or ''}\n", style="bold red")
+            if run.traceback:
+                err.append(run.traceback)
+            if run.stdout_tail:
+                err.append("\n--- stdout ---\n" + run.stdout_tail, style="dim")
             self.query_one("#cand-error-body", Static).update(err)
         self._render_code()
 
@@ -109,12 +106,12 @@ class CandidatePane(Vertical):
             if prev is None:
                 body: Syntax | Text = Text("no predecessor: this is the study's first run", style="dim")
             else:
-                diff = source_diff(prev.get("source") or "", run.get("source") or "",
-                                   f"{prev['run_id']} {prev['name']}", f"{run['run_id']} {run['name']}")
+                diff = source_diff(prev.source or "", run.source or "",
+                                   f"{prev.run_id} {prev.name}", f"{run.run_id} {run.name}")
                 body = Syntax(diff, "diff", theme=theme) if diff else Text("identical source", style="dim")
             code.border_title = "diff vs predecessor · d: source"
         else:
-            body = Syntax(run.get("source") or "", "python", theme=theme, line_numbers=True, word_wrap=False)
+            body = Syntax(run.source or "", "python", theme=theme, line_numbers=True, word_wrap=False)
             code.border_title = "source · d: diff"
         self.query_one("#cand-code-body", Static).update(body)
 

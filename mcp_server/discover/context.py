@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.discovery_log import DiscoveryLog
+from core.discovery.log import DiscoveryLog
+from core.discovery.records import LeaderboardEntry
+from core.discovery.service import DiscoveryService
 from core.errors import AutoTTSError
 from mcp_server import tools
 from mcp_server.prompt import controller_format, discover_prompt
-from mcp_server.service import DiscoveryService
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def round_brief(svc: DiscoveryService, log: DiscoveryLog, sid: str, round_no: in
     head += [f"  {b.label:<15} {b.accuracy:6.2f}% {b.avg_tokens:10,.0f} tokens{' *' if b.on_frontier else ''}"
              for b in baselines.average]
     board = svc.store.leaderboard(include_failed=True)
-    scored = [r for r in board if r["best_accuracy"] is not None]
-    failed = [r for r in board if r["best_accuracy"] is None]
+    scored = [r for r in board if r.best_accuracy is not None]
+    failed = [r for r in board if r.best_accuracy is None]
     where = log.run_rounds()
     past = _past_rounds(svc, log, sid)
 
@@ -91,7 +92,7 @@ def round_brief(svc: DiscoveryService, log: DiscoveryLog, sid: str, round_no: in
         sections.append(["## This session's rounds"] + past)
     if failed:
         sections.append(["## Latest failures (not scored)"] + [
-            f"  {r['run_id']} '{r['name'][:40]}' {r['status']}: {_one_line(r['error'], 160)}" for r in failed[:3]])
+            f"  {r.run_id} '{r.name[:40]}' {r.status}: {_one_line(r.error, 160)}" for r in failed[:3]])
     details = [_candidate(svc, r, where) for r in scored[:top_k]]
     # Bound the brief: drop the lowest-ranked candidates' code first, then cut.
     while True:
@@ -105,21 +106,21 @@ def round_brief(svc: DiscoveryService, log: DiscoveryLog, sid: str, round_no: in
     return text
 
 
-def _leaderboard(rows: list[dict[str, Any]], where: dict[int, tuple[str, int]], total: int) -> list[str]:
+def _leaderboard(rows: list[LeaderboardEntry], where: dict[int, tuple[str, int]], total: int) -> list[str]:
     out = [f"## Leaderboard (best search-average accuracy over β, then fewer tokens; top {len(rows)} of {total})",
            "  run    round  acc%    tokens    β    monotone  undominated  name"]
     for r in rows:
-        rnd = where.get(r["id"])
-        out.append(f"  {r['run_id']}  {'-' if rnd is None else rnd[1]:>5}  {r['best_accuracy']:6.2f} "
-                   f"{r['tokens_at_best']:9,.0f}  {r['beta_at_best']:<4g} {'yes' if r['monotone'] else 'NO':<9} "
-                   f"{r['on_frontier']!s:<12} {r['name'][:40]}")
+        rnd = where.get(r.id)
+        out.append(f"  {r.run_id}  {'-' if rnd is None else rnd[1]:>5}  {r.best_accuracy:6.2f} "
+                   f"{r.tokens_at_best:9,.0f}  {r.beta_at_best:<4g} {'yes' if r.monotone else 'NO':<9} "
+                   f"{r.on_frontier!s:<12} {r.name[:40]}")
     return out
 
 
-def _candidate(svc: DiscoveryService, row: dict[str, Any], where: dict[int, tuple[str, int]]) -> list[str]:
-    rid = row["run_id"]
-    rnd = where.get(row["id"])
-    out = [f"## {rid} '{row['name']}'" + ("" if rnd is None else f" (round {rnd[1]})")]
+def _candidate(svc: DiscoveryService, row: LeaderboardEntry, where: dict[int, tuple[str, int]]) -> list[str]:
+    rid = row.run_id
+    rnd = where.get(row.id)
+    out = [f"## {rid} '{row.name}'" + ("" if rnd is None else f" (round {rnd[1]})")]
     try:
         rep = tools.report_for_run(svc, rid)
         out.append("  β     acc%    tokens   vs baseline frontier")
@@ -128,8 +129,8 @@ def _candidate(svc: DiscoveryService, row: dict[str, Any], where: dict[int, tupl
         src = tools.get_controller(svc, rid)
         code = src.source if len(src.source) <= 6000 else src.source[:6000] + "\n# … (cut; get_controller for all)"
         out += ["```python", code.rstrip(), "```"]
-        digest = tools.inspect_trace(svc, rid, beta=row["beta_at_best"])
-        out.append(f"Where it loses (β={row['beta_at_best']:g}, {digest.env}): {digest.summary}")
+        digest = tools.inspect_trace(svc, rid, beta=row.beta_at_best)
+        out.append(f"Where it loses (β={row.beta_at_best:g}, {digest.env}): {digest.summary}")
         if digest.examples:
             out.append("  examples [seed, question]: " + ", ".join(f"[{s},{q}]" for s, q in digest.examples[:5]))
     except AutoTTSError as e:  # a candidate that cannot be summarised must not stop the loop
@@ -140,14 +141,14 @@ def _candidate(svc: DiscoveryService, row: dict[str, Any], where: dict[int, tupl
 def _past_rounds(svc: DiscoveryService, log: DiscoveryLog, sid: str) -> list[str]:
     out = []
     for rd in log.rounds(sid)[-8:]:
-        if rd["candidate"] is None:
-            out.append(f"  round {rd['round']}: no candidate ({_one_line(rd['note'], 100)})")
+        if rd.candidate is None:
+            out.append(f"  round {rd.round}: no candidate ({_one_line(rd.note, 100)})")
             continue
-        run = svc.store.run(rd["candidate"], with_source=False)
-        best = (run.get("summary") or {}).get("best") if run["status"] == "ok" else None
-        score = (f"{best['accuracy']:.2f}% at {best['avg_tokens']:,.0f} tokens (β={best['beta']:g})" if best
-                 else f"{run['status']}: {_one_line(run['error'], 80)}")
-        out.append(f"  round {rd['round']}: {run['run_id']} '{run['name'][:40]}' — {score}")
+        run = svc.store.run(rd.candidate, with_source=False)
+        best = run.summary.best if run.status == "ok" and run.summary is not None else None
+        score = (f"{best.accuracy:.2f}% at {best.avg_tokens:,.0f} tokens (β={best.beta:g})" if best
+                 else f"{run.status}: {_one_line(run.error, 80)}")
+        out.append(f"  round {rd.round}: {run.run_id} '{run.name[:40]}' — {score}")
     return out
 
 

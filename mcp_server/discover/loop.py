@@ -33,14 +33,15 @@ from typing import Any
 
 import orjson
 
-from core.discovery_log import DiscoveryLog, Usage
+from core.discovery.log import DiscoveryLog
+from core.discovery.records import DiscoveryCall, DiscoveryRound, Usage
+from core.discovery.service import DiscoveryService
+from core.discovery.store import RunStoreError, parse_run_id
 from core.errors import AutoTTSError
-from core.runstore import RunStoreError, parse_run_id
 from mcp_server.discover.client import Explorer, ExplorerError
 from mcp_server.discover.context import RoundLimits, round_brief, system_prompt
 from mcp_server.discover.pricing import PriceTable, PricingError, estimate_tokens
 from mcp_server.discover.toolbox import Toolbox
-from mcp_server.service import DiscoveryService
 
 FINAL_RE = re.compile(r"FINAL[*\s]*[:=][*`\s]*r?0*(\d+)", re.IGNORECASE)
 CODE_RE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
@@ -132,17 +133,17 @@ class DiscoveryLoop:
         """(session id, first round to run): the latest session continued, or a new one."""
         latest = None if self.opts.new_session else self.log.latest_session()
         if latest is not None:
-            done = self.log.last_round(latest["id"])
+            done = self.log.last_round(latest.id)
             if done < self.opts.rounds:
-                self.log.update_session(latest["id"], status="running", model=self.opts.model,
+                self.log.update_session(latest.id, status="running", model=self.opts.model,
                                         rounds=self.opts.rounds, config=self._config())
-                spent, _ = self.log.spent(latest["id"])
-                if latest["model"] != self.opts.model:
-                    self.echo(f"note: session {latest['id']} used {latest['model']}; continuing with {self.opts.model}")
-                self.echo(f"resuming session {latest['id']} at round {done + 1} of {self.opts.rounds} "
+                spent, _ = self.log.spent(latest.id)
+                if latest.model != self.opts.model:
+                    self.echo(f"note: session {latest.id} used {latest.model}; continuing with {self.opts.model}")
+                self.echo(f"resuming session {latest.id} at round {done + 1} of {self.opts.rounds} "
                           f"({done} round(s) recorded, ${spent.cost_usd:.4f} spent so far)")
-                return latest["id"], done + 1
-            return latest["id"], done + 1
+                return latest.id, done + 1
+            return latest.id, done + 1
         sid = self.log.new_session(self.opts.model, self.opts.rounds, self._config())
         self.echo(f"new discovery session {sid}: {self.opts.rounds} round(s) with {self.opts.model} "
                   f"via {self.explorer.endpoint}")
@@ -182,7 +183,7 @@ class DiscoveryLoop:
         return SessionOutcome(sid, status, first, self.log.last_round(sid), note)
 
     # ----- one round -----------------------------------------------------------------------------------------------
-    def run_round(self, sid: str, r: int) -> dict[str, Any]:
+    def run_round(self, sid: str, r: int) -> DiscoveryRound:
         started = time.time()
         st = RoundState()
         spent, _ = self.log.spent(sid)
@@ -214,7 +215,8 @@ class DiscoveryLoop:
                                          max_tokens=self.opts.max_tokens)
             msg = reply.message
             usage = self._usage(msg)
-            self.log.record_call(sid, r, self.opts.model, msg.stop_reason, usage, reply.seconds, reply.retries)
+            self.log.record_call(DiscoveryCall(sid, r, self.opts.model, msg.stop_reason, usage, reply.seconds,
+                                               reply.retries))
             st.turns += 1
             st.last_prompt = usage.prompt_tokens
             st.chars_at_last = self._chars(messages)
@@ -263,7 +265,7 @@ class DiscoveryLoop:
         return _result(tu.id, out.text or "(no output)", out.is_error)
 
     def _finish_round(self, sid: str, r: int, st: RoundState, started: float, status: str, note: str
-                      ) -> dict[str, Any]:
+                      ) -> DiscoveryRound:
         cand, how = self._pick(st)
         if cand is None and not st.runs and st.texts:
             code = _code_block(st.texts)
@@ -281,12 +283,12 @@ class DiscoveryLoop:
         what = "no candidate"
         if cand is not None:
             run = self.svc.store.run(cand, with_source=False)
-            best = (run.get("summary") or {}).get("best") if run["status"] == "ok" else None
-            what = f"{run['run_id']} '{run['name'][:30]}' ({how})" + (
-                f" {best['accuracy']:.2f}% at {best['avg_tokens']:,.0f} tokens (β={best['beta']:g})" if best
-                else f" {run['status']}")
+            best = run.summary.best if run.status == "ok" and run.summary is not None else None
+            what = f"{run.run_id} '{run.name[:30]}' ({how})" + (
+                f" {best.accuracy:.2f}% at {best.avg_tokens:,.0f} tokens (β={best.beta:g})" if best
+                else f" {run.status}")
         self.echo(f"round {r}/{self.opts.rounds} {status}: {what} · {st.turns} replies, {st.tool_calls} tool calls · "
-                  f"${row['cost_usd']:.4f} (total ${total.cost_usd:.4f})")
+                  f"${row.usage.cost_usd:.4f} (total ${total.cost_usd:.4f})")
         return row
 
     def _pick(self, st: RoundState) -> tuple[int | None, str]:
@@ -301,9 +303,8 @@ class DiscoveryLoop:
         scored = []
         for rid in runs:
             run = self.svc.store.run(rid, with_source=False)
-            best = (run.get("summary") or {}).get("best")
-            if run["status"] == "ok" and best:
-                scored.append((-best["accuracy"], best["avg_tokens"], rid))
+            if run.status == "ok" and run.summary is not None:
+                scored.append((-run.summary.best.accuracy, run.summary.best.avg_tokens, rid))
         if scored:
             return min(scored)[2], "best-of-round"
         if runs:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from core.discovery_log import Usage
+from core.discovery.records import Usage
 from core.errors import AutoTTSError
 
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from core.discovery_log import DiscoveryLog
+from core.discovery.log import DiscoveryLog
+from core.discovery.service import DiscoveryService
 from core.evaluate import evaluate
-from mcp_server.service import DiscoveryService
 
 TABLE1_BASELINES: tuple[tuple[str, str], ...] = (
     ("sc:n=64", "SC@64"), ("asc", "ASC"), ("esc", "ESC"), ("parallel-probe", "Parallel-Probe"),
@@ -63,27 +63,29 @@ def select_final(svc: DiscoveryService, run_ids: list[int], mode: str = "accurac
         raise ValueError(f"unknown selection mode {mode!r}")
     ids = list(dict.fromkeys(int(r) for r in run_ids if r is not None))
     runs = [svc.store.run(r, with_source=False) for r in ids]
-    ok = [r for r in runs if r["status"] == "ok" and (r.get("summary") or {}).get("per_beta")]
-    eligible = [r for r in ok if (r.get("summary") or {}).get("monotone")]
+    ok = [r for r in runs if r.status == "ok" and r.summary is not None and r.summary.per_beta]
+    eligible = [r for r in ok if r.summary is not None and r.summary.monotone]
     note = ""
     if ok and not eligible:
         eligible, note = ok, "no candidate has tokens monotone in β; selected among the non-monotone ones"
     best_key, best = None, None
     for run in eligible:
-        for p in run["summary"]["per_beta"]:
-            acc, tok = float(p["accuracy"]), float(p["avg_tokens"])
+        assert run.summary is not None and run.id is not None
+        for p in run.summary.per_beta:
+            acc, tok = float(p.accuracy), float(p.avg_tokens)
             if mode == "accuracy":
                 score = acc
-                key = (acc, -tok, -run["id"])
+                key: tuple[float, ...] = (acc, -tok, -run.id)
             else:
                 score = acc - gamma * tok
-                key = (score, acc, -tok, -run["id"])
+                key = (score, acc, -tok, -run.id)
             if best_key is None or key > best_key:
                 best_key, best = key, (run, p, score)
     if best is None:
         return None
     run, p, score = best
-    return Selection(run["id"], run["name"], float(p["beta"]), float(p["accuracy"]), float(p["avg_tokens"]),
+    assert run.id is not None
+    return Selection(run.id, run.name, float(p.beta), float(p.accuracy), float(p.avg_tokens),
                      round(score, 6), mode, gamma, len(ids), len(eligible), note)
 
 
@@ -91,8 +93,8 @@ def cost_summary(log: DiscoveryLog, sid: str) -> dict[str, Any]:
     """Totals of a session: dollars, tokens, calls, and the wall time of its recorded rounds."""
     usage, calls = log.spent(sid)
     rounds = log.rounds(sid)
-    seconds = sum(max(0.0, r["finished"] - r["started"]) for r in rounds)
-    return {**usage.to_json(), "calls": calls, "rounds": len(rounds), "minutes": round(seconds / 60, 1)}
+    seconds = sum(max(0.0, r.finished - r.started) for r in rounds)
+    return {**usage.to_dict(), "calls": calls, "rounds": len(rounds), "minutes": round(seconds / 60, 1)}
 
 
 def cost_line(cost: dict[str, Any]) -> str:
@@ -106,23 +108,24 @@ def build_report(svc: DiscoveryService, sid: str, *, mode: str = "accuracy", gam
                  heldout: bool = True) -> dict[str, Any]:
     """Select, evaluate on the held-out environments, and assemble the report (also stored with the session)."""
     log = DiscoveryLog(svc.store)
-    session = log.session(sid) or {}
+    session = log.session(sid)
     rounds = log.rounds(sid)
     round_rows = []
     for rd in rounds:
-        entry = {"round": rd["round"], "status": rd["status"], "how": rd["how"], "run_id": None, "name": None,
-                 "accuracy": None, "avg_tokens": None, "beta": None, "cost_usd": round(rd["cost_usd"], 6),
-                 "turns": rd["turns"], "tool_calls": rd["tool_calls"]}
-        if rd["candidate"] is not None:
-            run = svc.store.run(rd["candidate"], with_source=False)
-            best = (run.get("summary") or {}).get("best") if run["status"] == "ok" else None
-            entry.update(run_id=run["run_id"], name=run["name"], run_status=run["status"])
+        entry = {"round": rd.round, "status": rd.status, "how": rd.how, "run_id": None, "name": None,
+                 "accuracy": None, "avg_tokens": None, "beta": None, "cost_usd": round(rd.usage.cost_usd, 6),
+                 "turns": rd.turns, "tool_calls": rd.tool_calls}
+        if rd.candidate is not None:
+            run = svc.store.run(rd.candidate, with_source=False)
+            best = run.summary.best if run.status == "ok" and run.summary is not None else None
+            entry.update(run_id=run.run_id, name=run.name, run_status=run.status)
             if best:
-                entry.update(accuracy=best["accuracy"], avg_tokens=best["avg_tokens"], beta=best["beta"])
+                entry.update(accuracy=best.accuracy, avg_tokens=best.avg_tokens, beta=best.beta)
         round_rows.append(entry)
-    sel = select_final(svc, [rd["candidate"] for rd in rounds], mode, gamma)
+    sel = select_final(svc, [rd.candidate for rd in rounds if rd.candidate is not None], mode, gamma)
     doc: dict[str, Any] = {
-        "session": sid, "model": session.get("model"), "status": session.get("status"),
+        "session": sid, "model": None if session is None else session.model,
+        "status": None if session is None else session.status,
         "rounds": round_rows, "selection": None if sel is None else {**asdict(sel), "run": f"r{sel.run_id:04d}"},
         "heldout": None, "cost": cost_summary(log, sid), "created": time.time(),
     }

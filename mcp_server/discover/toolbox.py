@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 
+from core.discovery.service import DiscoveryService
 from mcp_server.server import build_server
-from mcp_server.service import DiscoveryService
 
 log = logging.getLogger("autotts.discover")
 

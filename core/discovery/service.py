@@ -1,8 +1,10 @@
 """The discovery service: one study, its run store, the baselines cache and the evaluation queue.
 
-The MCP server and the (future) `autotts discover` loop both drive a `DiscoveryService`; tool logic lives in
-`mcp_server.tools` as plain functions over it. Evaluations are serialised by a lock: the sandbox already uses
-every core, so a second `run_controller` waits its turn (and says how long it waited) rather than competing.
+The MCP server, the `autotts discover` loop, `autotts heldout` and the TUI's demo study all drive a
+`DiscoveryService`; tool logic lives in `mcp_server.tools` as plain functions over it. Every run it records is a
+`core.discovery.records.Run` with a `RunSummary`, so all writers write the same shape. Evaluations are
+serialised by a lock: the sandbox already uses every core, so a second `run_controller` waits its turn (and says
+how long it waited) rather than competing.
 Held-out environments are never loaded here except by `evaluate_heldout`, which only the CLI calls.
 """
 
@@ -18,12 +20,27 @@ from typing import Any
 
 import numpy as np
 
+from core.discovery.records import (
+    AuditReport,
+    Baseline,
+    BestPoint,
+    BetaSummary,
+    EpisodeArrays,
+    FrontierPoint,
+    HeldoutSummary,
+    IsolationReport,
+    ResultRow,
+    Run,
+    RunSummary,
+    Trace,
+    TraceKey,
+)
+from core.discovery.store import RunStore, source_sha256
+from core.discovery.study import Study
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
 from core.evaluate import evaluate, score
-from core.runstore import EpisodeArrays, ResultRow, RunRecord, RunStore, format_run_id, source_sha256
 from core.stats import Point, frontier_position, pareto_frontier
-from core.study import Study
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +75,31 @@ class Evaluation:
     betas: list[float]
     envs: list[str]
     rows: list[ResultRow] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary | None = None
     error: str | None = None
     traceback: str | None = None
     seconds: float = 0.0
     queued_s: float = 0.0
-    isolation: dict[str, Any] = field(default_factory=dict)
-    audit: dict[str, Any] = field(default_factory=dict)
+    isolation: IsolationReport | None = None
+    audit: AuditReport | None = None
     stdout_tail: str | None = None
-    duplicate_of: int | None = None
 
 
 class DiscoveryService:
     """Everything the tools need: the study, its store, sandbox settings, baselines, and the evaluation lock."""
 
     def __init__(self, study: Study, *, store: RunStore | None = None, sandbox: ModuleType | Any | None = None,
-                 settings: Any | None = None):
+                 settings: Any | None = None, clock: Callable[[], float] = time.time):
+        """`clock` gives the times recorded with each run (the demo study fixes them)."""
         self.study = study
         self.store = store or RunStore(study.store_path)
         self._sandbox = sandbox
         self._settings = settings
+        self.clock = clock
         self._eval_lock = threading.Lock()
         self._busy_since: float | None = None
         self._baseline_lock = threading.Lock()
-        self._baselines: dict[tuple[str, str], tuple[float, float, EpisodeArrays]] = {}
+        self._baselines: dict[tuple[str, str], Baseline] = {}
 
     # ----- sandbox -------------------------------------------------------------------------------------------
     @property
@@ -128,8 +146,8 @@ class DiscoveryService:
     def baseline_specs(self) -> list[tuple[str, str]]:
         return list(BASELINE_SPECS) + [(cmc_spec(b), f"CMC β={b:g}") for b in self.study.betas]
 
-    def baseline(self, env: ReplayEnvironment, spec: str) -> tuple[float, float, EpisodeArrays]:
-        """(accuracy, avg_tokens, episodes) of a built-in on a search environment; cached in memory and the store."""
+    def baseline(self, env: ReplayEnvironment, spec: str) -> Baseline:
+        """A built-in's result (with episodes) on a search environment; cached in memory and the store."""
         key = (env.name, spec)
         got = self._baselines.get(key)
         if got is not None:
@@ -141,14 +159,12 @@ class DiscoveryService:
             entry = self.study.entry(env.name)
             env_key = self.study.fingerprint(entry) if entry else env.name
             seeds_key = f"range({self.study.n_seeds})"
-            cached = self.store.baseline(env_key, spec, seeds_key, with_episodes=True)
-            if cached is not None:
-                got = (cached[0], cached[1], cached[2])
-            else:
+            got = self.store.baseline(env_key, spec, seeds_key, with_episodes=True)
+            if got is None:
                 res = evaluate(env, spec, self.study.seeds)
-                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct, None)
-                self.store.record_baseline(env_key, env.name, spec, seeds_key, res.accuracy, res.avg_tokens, ep)
-                got = (res.accuracy, res.avg_tokens, ep)
+                got = Baseline(res.accuracy, res.avg_tokens,
+                               EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct, None))
+                self.store.record_baseline(env_key, env.name, spec, seeds_key, got)
             self._baselines[key] = got
             return got
 
@@ -157,8 +173,8 @@ class DiscoveryService:
         points = []
         for spec, label in self.baseline_specs():
             vals = [self.baseline(e, spec) for e in envs]
-            points.append(Point(float(np.mean([v[1] for v in vals])), round(float(np.mean([v[0] for v in vals])), 2),
-                                label))
+            points.append(Point(float(np.mean([v.avg_tokens for v in vals])),
+                                round(float(np.mean([v.accuracy for v in vals])), 2), label))
         return points
 
     # ----- evaluation ------------------------------------------------------------------------------------------
@@ -170,11 +186,11 @@ class DiscoveryService:
                            progress: Progress | None = None) -> Evaluation:
         """Run a (pre-checked) candidate in the sandbox on the search environments and record it in one transaction."""
         report = progress or (lambda d, t, m: None)
-        queued_at = time.time()
+        queued_at = self.clock()
         if self._eval_lock.locked():
             report(0, None, "queued: another evaluation is running; this one starts when it ends")
         with self._eval_lock:
-            started = time.time()
+            started = self.clock()
             self._busy_since = started
             try:
                 ev = self._evaluate_locked(code, name, list(betas), list(envs), report, started)
@@ -225,32 +241,21 @@ class DiscoveryService:
                 self.baseline(env, spec)
         run = self.sandbox.run_candidate(code, envs, [{"beta": b} for b in betas], seeds=self.study.seeds,
                                          settings=self.settings, progress=on_progress)
-        seconds = float(getattr(run, "seconds", 0.0) or (time.time() - started))
-        isolation = dict(getattr(run, "isolation", None) or {})
-        audit = dict(getattr(run, "audit", None) or {})
+        seconds = float(getattr(run, "seconds", 0.0) or (self.clock() - started))
+        isolation, audit = _isolation(run.isolation), _audit(run.audit)  # None: the sandbox reported none
         stdout_tail = getattr(run, "stdout_tail", None) or None
         base = dict(name=name, source=code, created=started, betas=betas, envs=env_names, isolation=isolation,
                     audit=audit, seconds=seconds, stdout_tail=stdout_tail)
         if not run.ok:
-            error = _with_hint(run.error or "the evaluation failed", isolation.get("ended_by"))
-            rid = self.store.record_run(RunRecord(status="error", finished=time.time(), error=error,
-                                                  traceback=run.traceback, **base))
+            error = _with_hint(run.error or "the evaluation failed", isolation and isolation.ended_by)
+            rid = self.store.record_run(Run(status="error", finished=self.clock(), error=error,
+                                            traceback=run.traceback, **base))
             return Evaluation(rid, "error", name, betas, env_names, error=error,
                               traceback=run.traceback, seconds=seconds, isolation=isolation, audit=audit,
                               stdout_tail=stdout_tail)
-        rows: list[ResultRow] = []
-        for env in envs:
-            for b in betas:
-                label = beta_label(b)
-                episodes = run.results[(env.name, label)]
-                opened = run.opened.get((env.name, label)) if getattr(run, "opened", None) else None
-                res = score(env, episodes, controller=label)
-                max_opened = int(np.max(opened)) if opened is not None and np.size(opened) else None
-                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct,
-                                   None if opened is None else np.asarray(opened, dtype=np.int32))
-                rows.append(ResultRow(env.name, b, res.accuracy, res.avg_tokens, ep, "search", max_opened))
+        rows = self._result_rows(run, envs, betas, "search")
         status, error = "ok", None
-        if audit and audit.get("passed") is False:
+        if audit is not None and not audit.passed:
             status, error = "refused", _audit_refusal(audit)
         over = [(r.env, r.beta, r.max_opened) for r in rows
                 if r.max_opened is not None and r.max_opened > self.study.max_branches]
@@ -261,48 +266,65 @@ class DiscoveryService:
                      f"{self.study.max_branches} per question. Cap the branches your controller opens "
                      f"(count probe_new / branch / get_new_branch_final_answer calls)")
         summary = self.summarise(rows, envs, betas)
-        rid = self.store.record_run(RunRecord(status=status, finished=time.time(), error=error, results=rows,
-                                              summary=summary, **base))
+        rid = self.store.record_run(Run(status=status, finished=self.clock(), error=error, summary=summary,
+                                        **base), rows)
         return Evaluation(rid, status, name, betas, env_names, rows, summary, error, None, seconds,
                           isolation=isolation, audit=audit, stdout_tail=stdout_tail)
 
+    @staticmethod
+    def _result_rows(run: Any, envs: Sequence[ReplayEnvironment], betas: Sequence[float], split: str
+                     ) -> list[ResultRow]:
+        """Score a sandbox run's episodes against the environments (the sandbox never sees gold answers)."""
+        rows = []
+        for env in envs:
+            for b in betas:
+                label = beta_label(b)
+                res = score(env, run.results[(env.name, label)], controller=label)
+                opened = run.opened.get((env.name, label)) if getattr(run, "opened", None) else None
+                max_opened = int(np.max(opened)) if opened is not None and np.size(opened) else None
+                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct,
+                                   None if opened is None else np.asarray(opened, dtype=np.int32))
+                rows.append(ResultRow(env.name, b, res.accuracy, res.avg_tokens, ep, split, max_opened))
+        return rows
+
     def summarise(self, rows: Sequence[ResultRow], envs: Sequence[ReplayEnvironment], betas: Sequence[float]
-                  ) -> dict[str, Any]:
+                  ) -> RunSummary:
         """Search averages per β, their frontier position against the baselines, monotonicity, best point."""
         frontier = pareto_frontier(self.baseline_points(envs))
+        per_beta = _per_beta(rows, betas, frontier)
         by = {(r.env, r.beta): r for r in rows}
-        per_beta = []
-        for b in betas:
-            accs = [by[(e.name, b)].accuracy for e in envs]
-            toks = [by[(e.name, b)].avg_tokens for e in envs]
-            acc, tok = round(float(np.mean(accs)), 2), float(np.mean(toks))
-            pos = frontier_position(tok, acc, frontier)
-            per_beta.append({"beta": b, "accuracy": acc, "avg_tokens": round(tok, 1), **_compact_position(pos)})
         violations = []
         for e in envs:
-            seq = [(b, by[(e.name, b)].avg_tokens) for b in sorted(betas)]
-            violations += [f"{e.name}: β {b0:g}→{b1:g} tokens {t0:,.0f}→{t1:,.0f}"
-                           for (b0, t0), (b1, t1) in zip(seq, seq[1:], strict=False) if t1 < t0]
-        avg = [(p["beta"], p["avg_tokens"]) for p in sorted(per_beta, key=lambda p: p["beta"])]
-        violations += [f"search average: β {b0:g}→{b1:g} tokens {t0:,.0f}→{t1:,.0f}"
-                       for (b0, t0), (b1, t1) in zip(avg, avg[1:], strict=False) if t1 < t0]
-        best = max(per_beta, key=lambda p: (p["accuracy"], -p["avg_tokens"]))
-        return {
-            "per_beta": per_beta,
-            "best": {"beta": best["beta"], "accuracy": best["accuracy"], "avg_tokens": best["avg_tokens"]},
-            "monotone": not violations,
-            "monotone_violations": violations[:6],
-            "on_frontier": sum(1 for p in per_beta if not p["dominated"]),
-            "above_frontier": sum(1 for p in per_beta if (p.get("accuracy_gap") or 0) > 0),
-            "frontier": [{"label": p.label, "accuracy": p.accuracy, "avg_tokens": round(p.tokens, 1)}
-                         for p in frontier],
-        }
+            violations += monotone_violations(e.name, [(b, by[(e.name, b)].avg_tokens) for b in betas])
+        violations += monotone_violations("search average", [(p.beta, p.avg_tokens) for p in per_beta])
+        best = max(per_beta, key=lambda p: (p.accuracy, -p.avg_tokens))
+        return RunSummary(
+            per_beta=per_beta,
+            best=BestPoint(best.beta, best.accuracy, best.avg_tokens),
+            monotone=not violations,
+            monotone_violations=violations[:6],
+            on_frontier=sum(1 for p in per_beta if not p.dominated),
+            above_frontier=sum(1 for p in per_beta if (p.accuracy_gap or 0) > 0),
+            frontier=[FrontierPoint(p.label, p.accuracy, round(p.tokens, 1)) for p in frontier],
+        )
 
-    def duplicate_of(self, code: str, betas: Sequence[float], env_names: Sequence[str]) -> dict[str, Any] | None:
+    def trace_episode(self, run: Run, env: ReplayEnvironment, key: TraceKey) -> Trace:
+        """One episode's actions: recorded earlier, or re-run in the sandbox now and recorded."""
+        assert run.id is not None and run.source is not None
+        cached = self.store.trace(run.id, key)
+        if cached is not None:
+            return cached
+        answer, tokens, events = self.sandbox.trace_episode(run.source, env, {"beta": key.beta}, key.seed,
+                                                            key.question, self.settings)
+        trace = Trace(answer, int(tokens), [[str(op), int(b), int(c), a] for op, b, c, a in events])
+        self.store.record_trace(run.id, key, trace)
+        return trace
+
+    def duplicate_of(self, code: str, betas: Sequence[float], env_names: Sequence[str]) -> Run | None:
         """An earlier scored run of the same source on the same β and environments, if any."""
         for run in reversed(self.store.find_by_sha(source_sha256(code))):
-            if run["status"] in ("ok", "refused") and sorted(run["betas"]) == sorted(betas) \
-                    and list(run["envs"]) == list(env_names):
+            if run.status in ("ok", "refused") and sorted(run.betas) == sorted(betas) \
+                    and list(run.envs) == list(env_names):
                 return run
         return None
 
@@ -312,51 +334,71 @@ class DiscoveryService:
         if not self.study.heldout:
             raise AutoTTSError("this study has no held-out environments; create it with --heldout PATH")
         run = self.store.run(run_id)
-        if run["status"] != "ok":
-            raise AutoTTSError(f"{format_run_id(run['id'])} has status '{run['status']}' ({run['error']}); "
+        assert run.id is not None and run.source is not None
+        if run.status != "ok":
+            raise AutoTTSError(f"{run.run_id} has status '{run.status}' ({run.error}); "
                                "only scored runs can be evaluated on held-out environments")
         envs = self.study.heldout_envs()
-        betas = list(run["betas"])
+        betas = list(run.betas)
         report = progress or (lambda d, t, m: None)
         with self._eval_lock:
-            out = self.sandbox.run_candidate(run["source"], envs, [{"beta": b} for b in betas],
+            out = self.sandbox.run_candidate(run.source, envs, [{"beta": b} for b in betas],
                                              seeds=self.study.seeds, settings=self.settings,
                                              progress=lambda d, t: report(d, t, "held-out"))
         if not out.ok:
-            raise AutoTTSError(f"{format_run_id(run['id'])} failed on the held-out environments: {out.error}")
-        if (out.audit or {}).get("passed") is False:
-            raise AutoTTSError(f"{format_run_id(run['id'])} failed the oracle audit on the held-out environments")
-        rows = []
-        for env in envs:
-            for b in betas:
-                res = score(env, out.results[(env.name, beta_label(b))], controller=beta_label(b))
-                opened = out.opened.get((env.name, beta_label(b))) if getattr(out, "opened", None) else None
-                ep = EpisodeArrays(res.seeds, res.answers, res.tokens, res.correct,
-                                   None if opened is None else np.asarray(opened, dtype=np.int32))
-                rows.append(ResultRow(env.name, b, res.accuracy, res.avg_tokens, ep, "heldout",
-                                      None if opened is None else int(np.max(opened))))
-        baselines = {}
+            raise AutoTTSError(f"{run.run_id} failed on the held-out environments: {out.error}")
+        held_audit = _audit(out.audit)
+        if held_audit is not None and not held_audit.passed:
+            raise AutoTTSError(f"{run.run_id} failed the oracle audit on the held-out environments")
+        rows = self._result_rows(out, envs, betas, "heldout")
+        baselines: dict[str, list[tuple[float, float]]] = {}
         for env in envs:
             for spec, label in self.baseline_specs():
                 r = evaluate(env, spec, self.study.seeds)
                 baselines.setdefault(label, []).append((r.accuracy, r.avg_tokens))
         points = [Point(float(np.mean([t for _, t in v])), round(float(np.mean([a for a, _ in v])), 2), k)
                   for k, v in baselines.items()]
-        frontier = pareto_frontier(points)
-        per_beta = []
-        for b in betas:
-            sel = [r for r in rows if r.beta == b]
-            acc = round(float(np.mean([r.accuracy for r in sel])), 2)
-            tok = float(np.mean([r.avg_tokens for r in sel]))
-            per_beta.append({"beta": b, "accuracy": acc, "avg_tokens": round(tok, 1),
-                             **_compact_position(frontier_position(tok, acc, frontier))})
-        summary = {"envs": [e.name for e in envs], "per_beta": per_beta,
-                   "baselines": [{"label": p.label, "accuracy": p.accuracy, "avg_tokens": round(p.tokens, 1)}
-                                 for p in points], "evaluated": time.time()}
-        self.store.add_results(run["id"], rows, summary_key="heldout", summary=summary)
-        return {"run_id": format_run_id(run["id"]), "name": run["name"],
+        summary = HeldoutSummary(
+            envs=[e.name for e in envs], per_beta=_per_beta(rows, betas, pareto_frontier(points)),
+            baselines=[FrontierPoint(p.label, p.accuracy, round(p.tokens, 1)) for p in points],
+            evaluated=self.clock())
+        self.store.record_heldout(run.id, rows, summary)
+        return {"run_id": run.run_id, "name": run.name,
                 "per_env": [{"env": r.env, "beta": r.beta, "accuracy": r.accuracy,
-                             "avg_tokens": round(r.avg_tokens, 1)} for r in rows], **summary}
+                             "avg_tokens": round(r.avg_tokens, 1)} for r in rows], **summary.to_dict()}
+
+
+def monotone_violations(where: str, curve: Sequence[tuple[float, float]]) -> list[str]:
+    """Where mean tokens fall as β rises along one (β, tokens) curve, in words. A run is *monotone* when no
+    search environment and not the search average has any (`RunSummary.monotone`)."""
+    seq = sorted(curve)
+    return [f"{where}: β {b0:g}→{b1:g} tokens {t0:,.0f}→{t1:,.0f}"
+            for (b0, t0), (b1, t1) in zip(seq, seq[1:], strict=False) if t1 < t0]
+
+
+def _per_beta(rows: Sequence[ResultRow], betas: Sequence[float], frontier: Sequence[Point]) -> list[BetaSummary]:
+    """Averages over the environments per β, each placed against the baselines' frontier."""
+    out = []
+    for b in betas:
+        sel = [r for r in rows if r.beta == b]
+        acc = round(float(np.mean([r.accuracy for r in sel])), 2)
+        tok = float(np.mean([r.avg_tokens for r in sel]))
+        out.append(BetaSummary(b, acc, round(tok, 1), **_compact_position(frontier_position(tok, acc, frontier))))
+    return out
+
+
+def _isolation(report: IsolationReport | dict[str, Any] | None) -> IsolationReport | None:
+    """The sandbox's isolation report as a record (the sandbox returned plain dicts before its typed reports)."""
+    if isinstance(report, IsolationReport) or not report:
+        return report or None
+    return IsolationReport.from_dict(report)
+
+
+def _audit(report: AuditReport | dict[str, Any] | None) -> AuditReport | None:
+    """The sandbox's audit as a record (plain dicts before its typed reports); None when it reported none."""
+    if isinstance(report, AuditReport) or not report:
+        return report or None
+    return AuditReport.from_dict(report)
 
 
 def _compact_position(pos: dict[str, Any]) -> dict[str, Any]:
@@ -368,11 +410,6 @@ def _compact_position(pos: dict[str, Any]) -> dict[str, Any]:
         "vs": None if not cheapest else cheapest.get("label"),
         "tokens_saved": pos.get("tokens_saved_vs_that_baseline"),
     }
-
-
-def _count(value: Any) -> int:
-    """The sandbox reports audit mismatches as a list of episodes (older stand-ins: a count)."""
-    return len(value) if isinstance(value, list | tuple) else int(value or 0)
 
 
 _HINTS = {
@@ -390,19 +427,18 @@ def _with_hint(error: str, ended_by: str | None) -> str:
     return error + (hint or "")
 
 
-def _audit_refusal(audit: dict[str, Any]) -> str:
+def _audit_refusal(audit: AuditReport) -> str:
     """Why a run whose integrity audit failed is refused, naming the first offending episode."""
-    if audit.get("error"):
-        return (f"the integrity audit could not complete ({str(audit['error'])[:300]}), so the score is refused. "
+    if audit.error:
+        return (f"the integrity audit could not complete ({str(audit.error)[:300]}), so the score is refused. "
                 "The audit re-runs episodes in a worker that holds no replay data; make sure the controller only "
                 "calls the question's public methods")
-    mismatches = audit.get("mismatches") or []
     first = ""
-    if isinstance(mismatches, list) and mismatches and isinstance(mismatches[0], dict):
-        m = mismatches[0]
-        first = (f" First: {m.get('env')} {m.get('options')} seed {m.get('seed')} question {m.get('question')}: "
-                 f"{str(m.get('reason'))[:200]}.")
-    return (f"audit failed: {_count(mismatches)} of {audit.get('checked')} re-run episodes acted differently when "
+    if audit.mismatches:
+        m = audit.mismatches[0]
+        first = (f" First: {m.env} {m.options} seed {m.seed} question {m.question}: "
+                 f"{str(m.reason)[:200]}.")
+    return (f"audit failed: {len(audit.mismatches)} of {audit.checked} re-run episodes acted differently when "
             "unrevealed data was withheld, which means the controller reads data it was not shown (oracle use) or "
             f"is not deterministic.{first} Its score is refused; decide only from what probe_new/probe_more/"
             "get_new_branch_final_answer return, and seed any randomness")

@@ -9,6 +9,8 @@ Per-episode arrays are stored as zlib-compressed orjson: `{"seeds": [S], "answer
 "tokens": [[int]], "correct": [[0/1]], "opened": [[int]]}`.
 
 Schema changes are numbered migrations (`MIGRATIONS`); `schema_version` in the `meta` table says which ran.
+The JSON columns hold the typed records of `core.discovery.records`, which migrate older JSON on read, so a store
+of an earlier release reads through the same API (`RunStore(path, readonly=True)` never writes to it).
 """
 
 from __future__ import annotations
@@ -20,13 +22,27 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from core.discovery.records import (
+    AuditReport,
+    Baseline,
+    EpisodeArrays,
+    HeldoutSummary,
+    IsolationReport,
+    LeaderboardEntry,
+    ResultRow,
+    Run,
+    RunSummary,
+    Trace,
+    TraceKey,
+    format_run_id,
+)
 from core.errors import AutoTTSError
 
 SCHEMA_VERSION = 2
@@ -91,7 +107,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
     """),
     (2, "discovery sessions", """
-        -- `autotts discover` (core.discovery_log): sessions, their rounds, every API call, and which runs a round made.
+        -- `autotts discover` (core.discovery.log): sessions, their rounds, every API call, and which runs a round made.
         CREATE TABLE discovery_sessions (
             id          TEXT PRIMARY KEY,         -- d0001, d0002, ...
             created     REAL NOT NULL,
@@ -165,11 +181,6 @@ def source_sha256(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def format_run_id(run_id: int) -> str:
-    """The id agents see: `r0007`."""
-    return f"r{run_id:04d}"
-
-
 def parse_run_id(value: Any) -> int:
     """Accept `r0007`, `r7`, `7` or 7; raise RunStoreError naming the format otherwise."""
     if isinstance(value, bool):
@@ -184,77 +195,8 @@ def parse_run_id(value: Any) -> int:
     return int(text)
 
 
-@dataclass
-class EpisodeArrays:
-    """The per-episode arrays behind one result row."""
-
-    seeds: np.ndarray
-    """int64[S]."""
-    answers: list[list[str | None]]
-    """answers[s][q]."""
-    tokens: np.ndarray
-    """int64[S, Q]."""
-    correct: np.ndarray
-    """bool[S, Q]."""
-    opened: np.ndarray | None = None
-    """int32[S, Q]: branches opened (or read) per episode, when known."""
-
-    def to_blob(self) -> bytes:
-        return pack({
-            "seeds": np.asarray(self.seeds).tolist(), "answers": self.answers,
-            "tokens": np.asarray(self.tokens).tolist(), "correct": np.asarray(self.correct, dtype=np.int8).tolist(),
-            "opened": None if self.opened is None else np.asarray(self.opened).tolist(),
-        })
-
-    @classmethod
-    def from_blob(cls, blob: bytes) -> EpisodeArrays:
-        d = unpack(blob)
-        return cls(
-            seeds=np.asarray(d["seeds"], dtype=np.int64), answers=d["answers"],
-            tokens=np.asarray(d["tokens"], dtype=np.int64).reshape(len(d["seeds"]), -1),
-            correct=np.asarray(d["correct"], dtype=bool).reshape(len(d["seeds"]), -1),
-            opened=None if d.get("opened") is None else np.asarray(d["opened"], dtype=np.int32),
-        )
-
-
-@dataclass
-class ResultRow:
-    """One (split, environment, β) of a run."""
-
-    env: str
-    beta: float
-    accuracy: float
-    avg_tokens: float
-    episodes: EpisodeArrays | None = None
-    split: str = "search"
-    max_opened: int | None = None
-
-
-@dataclass
-class RunRecord:
-    """Everything one evaluation produced, written by `RunStore.record_run` in one transaction."""
-
-    name: str
-    source: str
-    status: str
-    """ok | error | refused."""
-    created: float
-    finished: float
-    betas: list[float]
-    envs: list[str]
-    results: Iterable[ResultRow] = field(default_factory=list)
-    error: str | None = None
-    traceback: str | None = None
-    summary: dict[str, Any] | None = None
-    isolation: dict[str, Any] | None = None
-    audit: dict[str, Any] | None = None
-    seconds: float | None = None
-    stdout_tail: str | None = None
-
-
 _RUN_COLUMNS = ("id, name, sha256, created, finished, status, error, traceback, betas, envs, summary, isolation, "
                 "audit, seconds, stdout_tail")
-_JSON_COLUMNS = ("betas", "envs", "summary", "isolation", "audit")
 
 
 class RunStore:
@@ -339,36 +281,47 @@ class RunStore:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the store's lock, for the read queries of the modules that own other tables of
+        this store (`core.discovery.log`); works on a read-only store."""
+        with self._lock:
+            yield self._db
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self.reading() as db:
+            return db.execute(sql, args).fetchall()
+
     # ----- writing -------------------------------------------------------------------------------------------------
-    def record_run(self, run: RunRecord) -> int:
+    def record_run(self, run: Run, results: Iterable[ResultRow] = ()) -> int:
         """Write a run and all its results in one transaction; returns the new run's integer id."""
+        if run.source is None:
+            raise RunStoreError("a run is recorded with its source")
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs (name, source, sha256, created, finished, status, error, traceback, betas, envs, "
                 "summary, isolation, audit, seconds, stdout_tail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.name, run.source, source_sha256(run.source), run.created, run.finished, run.status, run.error,
-                 run.traceback, _dumps(run.betas), _dumps(run.envs), _dumps(run.summary), _dumps(run.isolation),
-                 _dumps(run.audit), run.seconds, run.stdout_tail),
+                 run.traceback, _dumps(list(run.betas)), _dumps(list(run.envs)),
+                 _dumps(None if run.summary is None else run.summary.to_dict()),
+                 _dumps(None if run.isolation is None else run.isolation.to_dict()),
+                 _dumps(None if run.audit is None else run.audit.to_dict()), run.seconds, run.stdout_tail),
             )
             run_id = int(cur.lastrowid)
-            self._insert_results(db, run_id, run.results)
+            self._insert_results(db, run_id, results)
         return run_id
 
-    def add_results(self, run_id: int, results: Iterable[ResultRow], *, summary_key: str | None = None,
-                    summary: dict[str, Any] | None = None) -> None:
-        """Add (or replace) result rows of an existing run in one transaction, e.g. its held-out evaluation.
-
-        With `summary_key`, `summary` is stored under that key of the run's summary json in the same transaction.
-        """
+    def record_heldout(self, run_id: int, results: Iterable[ResultRow], summary: HeldoutSummary) -> None:
+        """Add (or replace) a scored run's held-out result rows and its held-out summary, in one transaction."""
         with self.transaction() as db:
             row = db.execute("SELECT summary FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise RunStoreError(f"no run {format_run_id(run_id)} in this study")
+            if row[0] is None:
+                raise RunStoreError(f"{format_run_id(run_id)} has no search summary; only scored runs are held out")
             self._insert_results(db, run_id, results)
-            if summary_key is not None:
-                merged = orjson.loads(row[0]) if row[0] else {}
-                merged[summary_key] = summary
-                db.execute("UPDATE runs SET summary=? WHERE id=?", (_dumps(merged), run_id))
+            merged = replace(RunSummary.from_dict(orjson.loads(row[0])), heldout=summary)
+            db.execute("UPDATE runs SET summary=? WHERE id=?", (_dumps(merged.to_dict()), run_id))
 
     @staticmethod
     def _insert_results(db: sqlite3.Connection, run_id: int, results: Iterable[ResultRow]) -> None:
@@ -380,34 +333,34 @@ class RunStore:
                 "INSERT OR REPLACE INTO results (run_id, split, env, beta, accuracy, avg_tokens, n_seeds, "
                 "n_questions, max_opened, episodes, recorded) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, r.split, r.env, float(r.beta), float(r.accuracy), float(r.avg_tokens), n_seeds, n_q,
-                 r.max_opened, ep.to_blob() if ep is not None else pack(None), now),
+                 r.max_opened, pack(None if ep is None else ep.to_dict()), now),
             )
 
-    def record_trace(self, run_id: int, env: str, beta: float, seed: int, question: int, answer: str | None,
-                     tokens: int, events: list[Any]) -> None:
+    def record_trace(self, run_id: int, key: TraceKey, trace: Trace) -> None:
+        """Record one episode's actions (replacing an earlier recording of the same episode)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO traces (run_id, env, beta, seed, question, answer, tokens, events, recorded) "
                 "VALUES (?,?,?,?,?,?,?,?,?)",
-                (run_id, env, float(beta), int(seed), int(question), answer, int(tokens), pack(events), time.time()),
+                (run_id, key.env, float(key.beta), int(key.seed), int(key.question), trace.answer, int(trace.tokens),
+                 pack(trace.events), time.time()),
             )
 
-    def record_baseline(self, env_key: str, env: str, spec: str, seeds_key: str, accuracy: float,
-                        avg_tokens: float, episodes: EpisodeArrays) -> None:
+    def record_baseline(self, env_key: str, env: str, spec: str, seeds_key: str, baseline: Baseline) -> None:
+        """Cache a built-in's result on an environment (`env_key`: its fingerprint) for one set of seeds."""
+        if baseline.episodes is None:
+            raise RunStoreError("a baseline is recorded with its episodes")
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO baselines (env_key, env, spec, seeds_key, accuracy, avg_tokens, episodes, "
                 "recorded) VALUES (?,?,?,?,?,?,?,?)",
-                (env_key, env, spec, seeds_key, float(accuracy), float(avg_tokens), episodes.to_blob(), time.time()),
+                (env_key, env, spec, seeds_key, float(baseline.accuracy), float(baseline.avg_tokens),
+                 pack(baseline.episodes.to_dict()), time.time()),
             )
 
-    # ----- reading (the TUI's API) ---------------------------------------------------------------------------------
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
-
-    def run(self, run_id: int | str, *, with_source: bool = True) -> dict[str, Any]:
-        """One run as a dict (json columns decoded); raises RunStoreError for an unknown id."""
+    # ----- reading (the TUI's, the tools' and the CLI's API) -------------------------------------------------------
+    def run(self, run_id: int | str, *, with_source: bool = True) -> Run:
+        """One run; raises RunStoreError for an unknown id."""
         rid = parse_run_id(run_id)
         cols = _RUN_COLUMNS + (", source" if with_source else "")
         rows = self._query(f"SELECT {cols} FROM runs WHERE id=?", (rid,))
@@ -415,12 +368,12 @@ class RunStore:
             last = self.last_run_id()
             hint = f"ids run from r0001 to {format_run_id(last)}" if last else "no run has been recorded yet"
             raise RunStoreError(f"no run {format_run_id(rid)} in this study ({hint}); see get_history")
-        return _run_dict(rows[0])
+        return _run(rows[0])
 
-    def runs_since(self, rowid: int = 0, *, limit: int = 1000) -> list[dict[str, Any]]:
+    def runs_since(self, rowid: int = 0, *, limit: int = 1000) -> list[Run]:
         """Runs with id > rowid, oldest first, without source (for polling: pass the last id seen)."""
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id > ? ORDER BY id LIMIT ?", (int(rowid), limit))
-        return [_run_dict(r) for r in rows]
+        return [_run(r) for r in rows]
 
     def last_run_id(self) -> int:
         rows = self._query("SELECT MAX(id) FROM runs")
@@ -448,57 +401,74 @@ class RunStore:
         sql += " ORDER BY split DESC, rowid"
         out = []
         for r in self._query(sql, tuple(args)):
-            ep = EpisodeArrays.from_blob(r["episodes"]) if with_episodes and r["episodes"] is not None else None
+            ep = _episodes(r["episodes"]) if with_episodes else None
             out.append(ResultRow(r["env"], r["beta"], r["accuracy"], r["avg_tokens"], ep, r["split"], r["max_opened"]))
         return out
 
-    def trace(self, run_id: int, env: str, beta: float, seed: int, question: int) -> dict[str, Any] | None:
+    def results_touched_since(self, rowid: int) -> tuple[set[int], int]:
+        """Runs whose result rows were added or replaced after result `rowid` (e.g. a held-out evaluation
+        added later), and the newest result rowid. Results are written with INSERT OR REPLACE, which gives a
+        replaced row a new rowid, so this sees replacements too."""
+        rows = self._query("SELECT DISTINCT run_id FROM results WHERE rowid > ?", (int(rowid),))
+        top = self._query("SELECT MAX(rowid) FROM results")[0][0]
+        return {int(r[0]) for r in rows}, int(top or 0)
+
+    def trace(self, run_id: int, key: TraceKey) -> Trace | None:
+        """A recorded episode trace, or None."""
         rows = self._query(
             "SELECT answer, tokens, events FROM traces WHERE run_id=? AND env=? AND abs(beta-?)<1e-9 AND seed=? "
-            "AND question=?", (run_id, env, float(beta), int(seed), int(question)))
+            "AND question=?", (run_id, key.env, float(key.beta), int(key.seed), int(key.question)))
         if not rows:
             return None
-        return {"answer": rows[0]["answer"], "tokens": rows[0]["tokens"], "events": unpack(rows[0]["events"])}
+        return Trace(rows[0]["answer"], rows[0]["tokens"], unpack(rows[0]["events"]))
 
-    def baseline(self, env_key: str, spec: str, seeds_key: str, *, with_episodes: bool = False
-                 ) -> tuple[float, float, EpisodeArrays | None] | None:
+    def recorded_traces(self, run_id: int) -> list[TraceKey]:
+        """Which episodes of a run have a recorded trace (by `inspect_trace`), in order."""
+        rows = self._query("SELECT env, beta, seed, question FROM traces WHERE run_id = ? ORDER BY env, beta, seed, "
+                           "question", (int(run_id),))
+        return [TraceKey(str(e), float(b), int(s), int(q)) for e, b, s, q in rows]
+
+    def baseline(self, env_key: str, spec: str, seeds_key: str, *, with_episodes: bool = False) -> Baseline | None:
+        """A cached built-in result (see `record_baseline`), or None."""
         rows = self._query("SELECT accuracy, avg_tokens" + (", episodes" if with_episodes else "") +
                            " FROM baselines WHERE env_key=? AND spec=? AND seeds_key=?", (env_key, spec, seeds_key))
         if not rows:
             return None
         r = rows[0]
-        return r["accuracy"], r["avg_tokens"], EpisodeArrays.from_blob(r["episodes"]) if with_episodes else None
+        return Baseline(r["accuracy"], r["avg_tokens"], _episodes(r["episodes"]) if with_episodes else None)
 
-    def find_by_sha(self, sha256: str) -> list[dict[str, Any]]:
+    def find_by_sha(self, sha256: str) -> list[Run]:
+        """Runs of the source with this hash, oldest first, without source."""
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE sha256=? ORDER BY id", (sha256,))
-        return [_run_dict(r) for r in rows]
+        return [_run(r) for r in rows]
 
-    def leaderboard(self, *, include_failed: bool = True) -> list[dict[str, Any]]:
+    def same_name_before(self, run_id: int, name: str) -> int | None:
+        """The last run before `run_id` with the same name, if any."""
+        rows = self._query("SELECT id FROM runs WHERE name = ? AND id < ? ORDER BY id DESC LIMIT 1", (name, run_id))
+        return int(rows[0][0]) if rows else None
+
+    def sources_before(self, run_id: int, limit: int = 200) -> list[tuple[int, str]]:
+        """(id, source) of the `limit` runs recorded just before `run_id`, newest first."""
+        rows = self._query("SELECT id, source FROM runs WHERE id < ? ORDER BY id DESC LIMIT ?", (run_id, limit))
+        return [(int(i), str(src)) for i, src in rows]
+
+    def leaderboard(self, *, include_failed: bool = True) -> list[LeaderboardEntry]:
         """Runs ranked by the discovery objective: best search-set accuracy over β first, then fewer tokens there.
-
-        Each row: id, run_id (`r0007`), name, status, created, best_accuracy, tokens_at_best, beta_at_best,
-        monotone, frontier (how many β points lie on or above the baseline frontier), error. Failed and refused
-        runs follow the scored ones, newest first.
-        """
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id")
+        Failed and refused runs follow the scored ones, newest first."""
         scored, failed = [], []
-        for r in rows:
-            d = _run_dict(r)
-            s = d.get("summary") or {}
-            best = s.get("best") if d["status"] == "ok" else None
-            entry = {
-                "id": d["id"], "run_id": format_run_id(d["id"]), "name": d["name"], "status": d["status"],
-                "created": d["created"], "sha256": d["sha256"][:12],
-                "best_accuracy": None if best is None else best.get("accuracy"),
-                "tokens_at_best": None if best is None else best.get("avg_tokens"),
-                "beta_at_best": None if best is None else best.get("beta"),
-                "monotone": s.get("monotone") if d["status"] == "ok" else None,
-                "on_frontier": s.get("on_frontier") if d["status"] == "ok" else None,
-                "error": d["error"],
-            }
+        for run in self.runs_since(0, limit=-1):
+            assert run.id is not None
+            best = run.summary.best if run.status == "ok" and run.summary is not None else None
+            ok = run.status == "ok" and run.summary is not None
+            entry = LeaderboardEntry(
+                id=run.id, run_id=run.run_id, name=run.name, status=run.status, created=run.created,
+                sha256=run.sha256[:12], best_accuracy=None if best is None else best.accuracy,
+                tokens_at_best=None if best is None else best.avg_tokens, beta_at_best=None if best is None else best.beta,
+                monotone=run.summary.monotone if ok else None, on_frontier=run.summary.on_frontier if ok else None,
+                error=run.error)
             (scored if best is not None else failed).append(entry)
-        scored.sort(key=lambda e: (-e["best_accuracy"], e["tokens_at_best"], e["id"]))
-        failed.sort(key=lambda e: -e["id"])
+        scored.sort(key=lambda e: (-e.best_accuracy, e.tokens_at_best, e.id))
+        failed.sort(key=lambda e: -e.id)
         return scored + (failed if include_failed else [])
 
 
@@ -512,10 +482,25 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
-    d = dict(row)
-    for k in _JSON_COLUMNS:
-        if k in d and d[k] is not None:
-            d[k] = orjson.loads(d[k])
-    d["run_id"] = format_run_id(d["id"])
-    return d
+def _loads(text: str | None) -> Any:
+    """A JSON column; an empty object (written for a report the sandbox did not give) reads as None."""
+    return (None if text is None else orjson.loads(text)) or None
+
+
+def _episodes(blob: bytes | None) -> EpisodeArrays | None:
+    data = None if blob is None else unpack(blob)
+    return None if data is None else EpisodeArrays.from_dict(data)
+
+
+def _run(row: sqlite3.Row) -> Run:
+    """A `runs` row as a record; the JSON columns migrate on read (`core.discovery.records`)."""
+    summary, isolation, audit = _loads(row["summary"]), _loads(row["isolation"]), _loads(row["audit"])
+    return Run(
+        id=int(row["id"]), name=row["name"], status=row["status"], created=row["created"], finished=row["finished"],
+        betas=orjson.loads(row["betas"]), envs=orjson.loads(row["envs"]), error=row["error"], traceback=row["traceback"],
+        summary=None if summary is None else RunSummary.from_dict(summary),
+        isolation=None if isolation is None else IsolationReport.from_dict(isolation),
+        audit=None if audit is None else AuditReport.from_dict(audit),
+        seconds=row["seconds"], stdout_tail=row["stdout_tail"], sha256=row["sha256"],
+        source=row["source"] if "source" in row.keys() else None,  # noqa: SIM118 - sqlite3.Row has no __contains__
+    )

@@ -6,49 +6,19 @@ round becomes durable in ONE transaction (`complete_round`): its row, its totals
 tool calls evaluated. Resuming means starting after the last recorded round; calls of an interrupted attempt
 stay on the bill of the round that is then redone.
 
-Readers (the TUI) open the store read-only and use `sessions`, `rounds` and `run_rounds`; nothing here imports
-the Anthropic SDK, so the loop lives outside `core`.
+Readers open the store read-only and use `sessions`, `rounds` and `run_rounds`, which return the records of
+`core.discovery.records`; nothing here imports an LLM SDK, so the loop lives outside `core`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from core.runstore import RunStore
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens of one API response and what they cost."""
-
-    input_tokens: int = 0
-    """Uncached input tokens."""
-    output_tokens: int = 0
-    cache_write_tokens: int = 0
-    """`cache_creation_input_tokens`: input written to the prompt cache."""
-    cache_read_tokens: int = 0
-    """`cache_read_input_tokens`: input read from the prompt cache."""
-    cost_usd: float = 0.0
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Everything the request sent: uncached + cache writes + cache reads."""
-        return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens,
-                     self.cache_write_tokens + other.cache_write_tokens,
-                     self.cache_read_tokens + other.cache_read_tokens, self.cost_usd + other.cost_usd)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "cache_write_tokens": self.cache_write_tokens, "cache_read_tokens": self.cache_read_tokens,
-                "cost_usd": round(self.cost_usd, 6)}
-
+from core.discovery.records import DiscoveryCall, DiscoveryRound, DiscoverySession, Usage
+from core.discovery.store import RunStore
 
 _SUM = ("COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), COALESCE(SUM(cache_write_tokens),0), "
         "COALESCE(SUM(cache_read_tokens),0), COALESCE(SUM(cost_usd),0), COUNT(*)")
@@ -61,7 +31,8 @@ class DiscoveryLog:
         self.store = store
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.store._query(sql, args)]  # noqa: SLF001 - same package, one lock
+        with self.store.reading() as db:
+            return [dict(r) for r in db.execute(sql, args).fetchall()]
 
     # ----- sessions ----------------------------------------------------------------------------------------------
     def new_session(self, model: str, rounds: int, config: dict[str, Any]) -> str:
@@ -88,29 +59,29 @@ class DiscoveryLog:
             db.execute(f"UPDATE discovery_sessions SET {cols}{', ' if cols else ''}updated=? WHERE id=?",
                        (*vals, time.time(), sid))
 
-    def session(self, sid: str) -> dict[str, Any] | None:
+    def session(self, sid: str) -> DiscoverySession | None:
         rows = self._rows("SELECT * FROM discovery_sessions WHERE id=?", (sid,))
-        return _session_dict(rows[0]) if rows else None
+        return _session(rows[0]) if rows else None
 
-    def sessions(self) -> list[dict[str, Any]]:
+    def sessions(self) -> list[DiscoverySession]:
         """Every session, oldest first."""
-        return [_session_dict(r) for r in self._rows("SELECT * FROM discovery_sessions ORDER BY created, id")]
+        return [_session(r) for r in self._rows("SELECT * FROM discovery_sessions ORDER BY created, id")]
 
-    def latest_session(self) -> dict[str, Any] | None:
+    def latest_session(self) -> DiscoverySession | None:
         rows = self._rows("SELECT * FROM discovery_sessions ORDER BY created DESC, id DESC LIMIT 1")
-        return _session_dict(rows[0]) if rows else None
+        return _session(rows[0]) if rows else None
 
     # ----- calls -------------------------------------------------------------------------------------------------
-    def record_call(self, sid: str, round_no: int, model: str, stop_reason: str | None, usage: Usage,
-                    seconds: float, retries: int) -> None:
+    def record_call(self, call: DiscoveryCall) -> None:
         """One API response, written at once: money spent is on record even if the round never completes."""
+        u = call.usage
         with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO discovery_calls (session, round, created, seconds, model, stop_reason, input_tokens, "
                 "output_tokens, cache_write_tokens, cache_read_tokens, cost_usd, retries) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (sid, round_no, time.time(), float(seconds), model, stop_reason, usage.input_tokens,
-                 usage.output_tokens, usage.cache_write_tokens, usage.cache_read_tokens, float(usage.cost_usd),
-                 int(retries)))
+                (call.session, call.round, time.time(), float(call.seconds), call.model, call.stop_reason,
+                 u.input_tokens, u.output_tokens, u.cache_write_tokens, u.cache_read_tokens, float(u.cost_usd),
+                 int(call.retries)))
 
     def spent(self, sid: str, round_no: int | None = None) -> tuple[Usage, int]:
         """(summed usage, number of calls) of a session, or of one of its rounds."""
@@ -119,7 +90,8 @@ class DiscoveryLog:
         if round_no is not None:
             sql += " AND round=?"
             args = (sid, round_no)
-        r = self.store._query(sql, args)[0]  # noqa: SLF001
+        with self.store.reading() as db:
+            r = db.execute(sql, args).fetchone()
         return Usage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4])), int(r[5])
 
     # ----- rounds and runs ---------------------------------------------------------------------------------------
@@ -131,7 +103,7 @@ class DiscoveryLog:
 
     def complete_round(self, sid: str, round_no: int, *, status: str, candidate: int | None, how: str,
                        started: float, turns: int, tool_calls: int, note: str | None,
-                       run_ids: list[int]) -> dict[str, Any]:
+                       run_ids: list[int]) -> DiscoveryRound:
         """Make a round durable in one transaction: its row (totals summed from its calls) and its run tags."""
         usage, _ = self.spent(sid, round_no)
         with self.store.transaction() as db:
@@ -148,13 +120,14 @@ class DiscoveryLog:
             db.execute("UPDATE discovery_sessions SET updated=? WHERE id=?", (time.time(), sid))
         return self.rounds(sid)[-1]
 
-    def rounds(self, sid: str) -> list[dict[str, Any]]:
+    def rounds(self, sid: str) -> list[DiscoveryRound]:
         """A session's completed rounds, in order."""
-        return self._rows("SELECT * FROM discovery_rounds WHERE session=? ORDER BY round", (sid,))
+        return [DiscoveryRound.from_dict(r)
+                for r in self._rows("SELECT * FROM discovery_rounds WHERE session=? ORDER BY round", (sid,))]
 
     def last_round(self, sid: str) -> int:
-        r = self.store._query("SELECT MAX(round) FROM discovery_rounds WHERE session=?", (sid,))  # noqa: SLF001
-        return int(r[0][0] or 0)
+        r = self._rows("SELECT MAX(round) AS last FROM discovery_rounds WHERE session=?", (sid,))
+        return int(r[0]["last"] or 0)
 
     def run_rounds(self, sid: str | None = None) -> dict[int, tuple[str, int]]:
         """run id -> (session, round) for runs evaluated by discovery rounds (of one session, or all)."""
@@ -168,8 +141,8 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def _session_dict(row: dict[str, Any]) -> dict[str, Any]:
+def _session(row: dict[str, Any]) -> DiscoverySession:
     for k in ("config", "report"):
         if row.get(k) is not None:
             row[k] = orjson.loads(row[k])
-    return row
+    return DiscoverySession.from_dict(row)

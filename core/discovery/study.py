@@ -167,7 +167,7 @@ class Study:
                     created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         _check_no_overlap(study)
         study.save()
-        from core.runstore import RunStore
+        from core.discovery.store import RunStore
 
         RunStore(study.store_path).close()
         return study
