@@ -201,12 +201,20 @@ def heldout_command(study_folder: str, run_ids: tuple[str, ...], top: int, as_js
             raise AutoTTSError("no scored run in this study yet; evaluate candidates first (autotts mcp)")
     show = not no_progress and not as_json
     reports: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for rid in ids:
         if show:
             click.echo(f"evaluating r{rid:04d} on {len(study.heldout)} held-out environment(s)…", err=True)
-        reports.append(svc.evaluate_heldout(rid))
+        try:  # one candidate's failure must not hide the others' results
+            reports.append(svc.evaluate_heldout(rid))
+        except AutoTTSError as e:
+            failed.append({"run_id": f"r{rid:04d}", "error": str(e)})
+            if show:
+                click.echo(f"r{rid:04d}: {e}", err=True)
     if as_json:
-        click.echo(orjson.dumps(reports, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        click.echo(orjson.dumps(reports + failed, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        if failed:
+            sys.exit(1)
         return
     for rep in reports:
         click.echo(f"{rep['run_id']} '{rep['name']}' on {len(rep['envs'])} held-out environment(s): "
@@ -218,6 +226,13 @@ def heldout_command(study_folder: str, run_ids: tuple[str, ...], top: int, as_js
                        f"{'dominated' if p['dominated'] else 'undominated'} {gap}")
         click.echo("  baselines: " + " · ".join(f"{b['label']} {b['accuracy']:.2f}%/{b['avg_tokens']:,.0f}"
                                                 for b in rep["baselines"]))
+    for f in failed:
+        click.echo(f"{f['run_id']}: FAILED — {f['error']}")
+    if reports:
+        click.echo("Held-out cells ran in sandbox workers; search runs recorded from now on are flagged as recorded "
+                   "after a held-out evaluation.")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # `python -m autotts.cli_study mcp STUDY` works before cli.py imports this module

@@ -117,10 +117,12 @@ def token_saving(curve: Sequence[Point | tuple[float, float, str]], reference: P
 
 
 def frontier_position(tokens: float, accuracy: float, frontier: Sequence[Point]) -> dict[str, Any]:
-    """Where a point lands against a (baseline) frontier."""
+    """Where a point lands against a (baseline) frontier. A point with no correct answer is dominated whatever its
+    tokens: answering nothing, for free, does as well."""
     at = frontier_accuracy_at(frontier, tokens)
-    dominated = any(p.tokens <= tokens and p.accuracy >= accuracy and (p.tokens, p.accuracy) != (tokens, accuracy)
-                    for p in frontier)
+    dominated = accuracy <= 0 or any(
+        p.tokens <= tokens and p.accuracy >= accuracy and (p.tokens, p.accuracy) != (tokens, accuracy)
+        for p in frontier)
     cheapest = next((p for p in frontier if p.accuracy >= accuracy), None)
     return {
         "dominated": dominated,

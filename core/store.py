@@ -25,8 +25,8 @@ Both may be gzipped (detected by content, not name).
 from __future__ import annotations
 
 import gzip
-import zlib
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any

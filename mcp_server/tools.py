@@ -21,6 +21,7 @@ from core.discovery.records import EpisodeArrays, Run, TraceKey
 from core.discovery.service import SC64, DiscoveryService, Progress, ToolInputError
 from core.discovery.store import RunStoreError, parse_run_id
 from core.errors import AutoTTSError
+from core.sandbox.reports import sandbox_summary
 from mcp_server.checks import check_source
 
 MAX_BETAS = 16
@@ -239,16 +240,7 @@ def run_controller(svc: DiscoveryService, code: str, name: str | None = None, be
 def report_for_run(svc: DiscoveryService, run_id: int | str) -> RunReport:
     """A RunReport rebuilt from the store (what run_controller returns)."""
     run = svc.store.run(run_id, with_source=False)
-    iso, audit = run.isolation, run.audit
-    sandbox = None
-    if iso is not None or audit is not None:
-        parts = []
-        if iso is not None and iso.level:
-            parts.append(f"sandbox {iso.level}")
-        if audit is not None and audit.checked:
-            parts.append(f"audit {'passed' if audit.passed else 'FAILED'} "
-                         f"({len(audit.mismatches)} mismatches in {audit.checked} episodes)")
-        sandbox = ", ".join(parts) or None
+    sandbox = sandbox_summary(run.isolation, run.audit)
     stdout = run.stdout_tail
     common = dict(run_id=run.run_id, name=run.name, betas=run.betas, envs=run.envs,
                   seconds=round(run.seconds or 0.0, 2), sandbox=sandbox,
@@ -275,6 +267,8 @@ def report_for_run(svc: DiscoveryService, run_id: int | str) -> RunReport:
                f"{summary.on_frontier or 0} of {len(points)} β points undominated by the baselines, "
                f"{summary.above_frontier or 0} above their frontier; "
                f"tokens {'monotone' if summary.monotone else 'NOT monotone'} in β")
+    if summary.after_heldout:
+        verdict += f" [{summary.after_heldout}]"
     return RunReport(status="ok", summary=verdict, search_avg=points, per_env=per_env, baselines=baselines,
                      monotone=summary.monotone, monotone_violations=summary.monotone_violations, **common)
 

@@ -282,7 +282,8 @@ async def test_stdio_subprocess(tmp_path):
         assert "discover" in {p.name for p in (await c.list_prompts()).prompts}
     # what live viewers (autotts tui) read: the last evaluation's progress and the server's log
     progress = orjson.loads((folder / "progress.json").read_bytes())
-    assert progress["run"] == "stdio" and progress["state"] == "done" and progress["done"] == progress["total"] == 1
+    # 1 environment × 1 β × 3 seeds = 3 cells, each run twice by the audit (a small run is audited whole)
+    assert progress["run"] == "stdio" and progress["state"] == "done" and progress["done"] == progress["total"] == 6
     assert "recorded stdio as run" in (folder / "server.log").read_text()
 
 

@@ -21,7 +21,7 @@ from core.store import environment_from_records
 def make_env(seed: int):
     rng = random.Random(seed)
     records = []
-    for q in range(3):
+    for _ in range(3):
         pool = [str(x) for x in range(rng.randint(1, 6))]
         branches = []
         for _ in range(rng.randint(1, 9)):

@@ -88,3 +88,11 @@ def test_paired_comparison_counts_discordant_episodes():
 def test_paired_comparison_refuses_different_envs():
     with pytest.raises(ValueError, match="same environment"):
         paired_comparison(result(np.ones((2, 2)), env="e1"), result(np.ones((2, 2)), env="e2"))
+
+
+def test_no_correct_answer_at_no_tokens_is_not_undominated():
+    from core.stats import Point, frontier_position
+
+    frontier = [Point(1000.0, 20.0, "SC@1"), Point(64000.0, 40.0, "SC@64")]
+    assert frontier_position(0.0, 0.0, frontier)["dominated"]
+    assert not frontier_position(500.0, 25.0, frontier)["dominated"]

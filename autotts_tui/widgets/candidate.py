@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Static
 
 from autotts_tui.formatting import fmt_beta, fmt_datetime, fmt_duration, fmt_tokens
 from autotts_tui.model import CandidateDetail
+from core.sandbox.reports import sandbox_summary
 
 
 def source_diff(old: str, new: str, old_name: str, new_name: str) -> str:
@@ -75,6 +76,12 @@ class CandidatePane(Vertical):
         prev = detail.predecessor
         s.append(" · diff vs " + (f"{prev.run_id} {prev.name} ({detail.predecessor_reason})" if prev else
                                    "nothing (first run)"), style="dim")
+        if run.isolation is not None and run.isolation.scoring is not None:  # the level, and what it leaves open
+            level = run.isolation.level or "?"
+            s.append(f"\n{sandbox_summary(run.isolation, None)}",
+                     style="dim" if level == "strong" else "bold yellow")
+        if run.summary is not None and run.summary.after_heldout:
+            s.append(f"\n{run.summary.after_heldout}", style="bold yellow")
         self.query_one("#cand-summary", Static).update(s)
 
         table = self.query_one("#cand-results", DataTable)

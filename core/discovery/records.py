@@ -202,6 +202,9 @@ class RunSummary:
     """The baselines' accuracy–tokens frontier on the same environments."""
     heldout: HeldoutSummary | None = None
     """The held-out evaluation, once `autotts heldout` ran (never shown to the MCP tools)."""
+    after_heldout: str | None = None
+    """Set when the run was recorded after a held-out evaluation in this study (which one, and when): its search
+    could in principle have been informed by held-out results, so a reviewer must know."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSummary:
@@ -214,8 +217,9 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.heldout is None:  # added by `autotts heldout` only
-            del d["heldout"]
+        for key in ("heldout", "after_heldout"):  # set only once a held-out evaluation exists
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -293,6 +297,8 @@ class LeaderboardEntry:
     """`RunSummary.on_frontier`: how many β points no baseline dominates."""
     error: str | None
     """Why it failed or was refused."""
+    after_heldout: bool = False
+    """Recorded after a held-out evaluation of this study (`RunSummary.after_heldout`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -40,6 +40,7 @@ from core.discovery.study import Study
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
 from core.evaluate import evaluate, score
+from core.progress import Progress as CellProgress
 from core.stats import Point, frontier_position, pareto_frontier
 
 log = logging.getLogger(__name__)
@@ -203,22 +204,25 @@ class DiscoveryService:
                          report: Progress, started: float) -> Evaluation:
         env_names = [e.name for e in envs]
         last = [0.0]
-        n_units = len(envs) * len(betas)
+        n_units = len(envs) * len(betas) * self.study.n_seeds  # cells; the audit adds a few more
+        seen_total = [float(n_units)]
 
-        def publish(state: str, done: float, message: str) -> None:
+        def publish(state: str, done: float, message: str, total: float | None = None) -> None:
             try:  # live viewers (the TUI) read this; a full disk must not fail the evaluation
-                self.study.write_progress(run=name, state=state, started=started, done=int(done), total=n_units,
-                                          unit="(environment, β) units", message=message)
+                self.study.write_progress(run=name, state=state, started=started, done=int(done),
+                                          total=int(total or n_units), unit="cells (environment × β × seed)",
+                                          message=message)
             except OSError as e:
                 log.warning("could not write %s: %s", self.study.progress_path, e)
 
-        def on_progress(done: float, total: float) -> None:
+        def on_progress(p: CellProgress) -> None:
             now = time.monotonic()
-            if now - last[0] >= 0.5 or done >= total:
+            total = seen_total[0] = p.total or n_units
+            if now - last[0] >= 0.5 or p.done >= total:
                 last[0] = now
-                message = f"{int(done)}/{int(total)} (environment, β) units"
-                report(done, total, message)
-                publish("running", done, message)
+                message = f"{int(p.done)}/{int(total)} cells (environment × β × seed, audit copies included)"
+                report(p.done, total, message)
+                publish("running", p.done, message, total)
 
         report(0, None, f"evaluating on {len(envs)} environment(s) × {len(betas)} β")
         publish("running", 0, f"evaluating on {len(envs)} environment(s) × {len(betas)} β")
@@ -228,12 +232,13 @@ class DiscoveryService:
         except BaseException:
             publish("error", 0, "the evaluation stopped")
             raise
-        publish("done" if ev.status == "ok" else "error", n_units, f"{ev.status}: {ev.error or 'recorded'}")
+        publish("done" if ev.status == "ok" else "error", seen_total[0], f"{ev.status}: {ev.error or 'recorded'}",
+                seen_total[0])
         log.info("recorded %s as run %s (%s) in %.1f s", name, ev.run_id, ev.status, ev.seconds or 0.0)
         return ev
 
     def _run_and_record(self, code: str, name: str, betas: list[float], envs: list[ReplayEnvironment],
-                        env_names: list[str], on_progress: Callable[[float, float], None], started: float
+                        env_names: list[str], on_progress: Callable[[CellProgress], None], started: float
                         ) -> Evaluation:
         # Baselines first (in-process, compiled, ~0.05 s each, cached): they never see candidate code.
         for env in envs:
@@ -242,7 +247,7 @@ class DiscoveryService:
         run = self.sandbox.run_candidate(code, envs, [{"beta": b} for b in betas], seeds=self.study.seeds,
                                          settings=self.settings, progress=on_progress)
         seconds = float(getattr(run, "seconds", 0.0) or (self.clock() - started))
-        isolation, audit = _isolation(run.isolation), _audit(run.audit)  # None: the sandbox reported none
+        isolation, audit = run.isolation, run.audit
         stdout_tail = getattr(run, "stdout_tail", None) or None
         base = dict(name=name, source=code, created=started, betas=betas, envs=env_names, isolation=isolation,
                     audit=audit, seconds=seconds, stdout_tail=stdout_tail)
@@ -266,6 +271,13 @@ class DiscoveryService:
                      f"{self.study.max_branches} per question. Cap the branches your controller opens "
                      f"(count probe_new / branch / get_new_branch_final_answer calls)")
         summary = self.summarise(rows, envs, betas)
+        held = self.store.first_heldout()
+        if held is not None:
+            summary = replace(summary, after_heldout=(
+                f"recorded after the held-out evaluation of {held[0]} "
+                f"({time.strftime('%Y-%m-%d %H:%M', time.localtime(held[1]))})"))
+        if status == "refused":  # keep what a person needs to see why, not every episode's answers
+            rows = [replace(r, episodes=None) for r in rows]
         rid = self.store.record_run(Run(status=status, finished=self.clock(), error=error, summary=summary,
                                         **base), rows)
         return Evaluation(rid, status, name, betas, env_names, rows, summary, error, None, seconds,
@@ -341,15 +353,19 @@ class DiscoveryService:
         envs = self.study.heldout_envs()
         betas = list(run.betas)
         report = progress or (lambda d, t, m: None)
+        # Its own time limit, scaled from the search limit by the work it holds; its output is discarded, so
+        # nothing a candidate prints while it holds held-out cells can reach an agent.
+        scale = max(1.0, len(envs) / max(1, len(self.study.search)))
+        settings = replace(self.settings, keep_output=False, timeout_s=self.settings.timeout_s * scale)
         with self._eval_lock:
             out = self.sandbox.run_candidate(run.source, envs, [{"beta": b} for b in betas],
-                                             seeds=self.study.seeds, settings=self.settings,
-                                             progress=lambda d, t: report(d, t, "held-out"))
+                                             seeds=self.study.seeds, settings=settings,
+                                             progress=lambda p: report(p.done, p.total, "held-out"))
         if not out.ok:
             raise AutoTTSError(f"{run.run_id} failed on the held-out environments: {out.error}")
-        held_audit = _audit(out.audit)
-        if held_audit is not None and not held_audit.passed:
-            raise AutoTTSError(f"{run.run_id} failed the oracle audit on the held-out environments")
+        if not out.audit.passed:
+            raise AutoTTSError(f"{run.run_id} failed the integrity audit on the held-out environments: "
+                               + _audit_refusal(out.audit))
         rows = self._result_rows(out, envs, betas, "heldout")
         baselines: dict[str, list[tuple[float, float]]] = {}
         for env in envs:
@@ -385,20 +401,6 @@ def _per_beta(rows: Sequence[ResultRow], betas: Sequence[float], frontier: Seque
         tok = float(np.mean([r.avg_tokens for r in sel]))
         out.append(BetaSummary(b, acc, round(tok, 1), **_compact_position(frontier_position(tok, acc, frontier))))
     return out
-
-
-def _isolation(report: IsolationReport | dict[str, Any] | None) -> IsolationReport | None:
-    """The sandbox's isolation report as a record (the sandbox returned plain dicts before its typed reports)."""
-    if isinstance(report, IsolationReport) or not report:
-        return report or None
-    return IsolationReport.from_dict(report)
-
-
-def _audit(report: AuditReport | dict[str, Any] | None) -> AuditReport | None:
-    """The sandbox's audit as a record (plain dicts before its typed reports); None when it reported none."""
-    if isinstance(report, AuditReport) or not report:
-        return report or None
-    return AuditReport.from_dict(report)
 
 
 def _compact_position(pos: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +440,7 @@ def _audit_refusal(audit: AuditReport) -> str:
         m = audit.mismatches[0]
         first = (f" First: {m.env} {m.options} seed {m.seed} question {m.question}: "
                  f"{str(m.reason)[:200]}.")
-    return (f"audit failed: {len(audit.mismatches)} of {audit.checked} re-run episodes acted differently when "
-            "unrevealed data was withheld, which means the controller reads data it was not shown (oracle use) or "
-            f"is not deterministic.{first} Its score is refused; decide only from what probe_new/probe_more/"
-            "get_new_branch_final_answer return, and seed any randomness")
+    return (f"audit failed: {len(audit.mismatches)} of {audit.checked} episodes acted differently when their "
+            "cell was run a second time in a fresh worker, which means the controller is not deterministic "
+            f"(unseeded randomness, timing) or carries state from outside the episode.{first} Its score is "
+            "refused; decide only from what the question's methods return, and seed any randomness")

@@ -452,6 +452,18 @@ class RunStore:
         rows = self._query("SELECT id, source FROM runs WHERE id < ? ORDER BY id DESC LIMIT ?", (run_id, limit))
         return [(int(i), str(src)) for i, src in rows]
 
+    def first_heldout(self) -> tuple[str, float] | None:
+        """(run id, unix time) of the earliest held-out evaluation recorded in this study, or None."""
+        first: tuple[str, float] | None = None
+        with self.reading() as db:
+            rows = db.execute("SELECT id, summary FROM runs WHERE summary LIKE '%\"heldout\"%'").fetchall()
+        for rid, text in rows:
+            held = (orjson.loads(text) or {}).get("heldout") or {}
+            when = held.get("evaluated")
+            if isinstance(when, int | float) and (first is None or when < first[1]):
+                first = (format_run_id(rid), float(when))
+        return first
+
     def leaderboard(self, *, include_failed: bool = True) -> list[LeaderboardEntry]:
         """Runs ranked by the discovery objective: best search-set accuracy over β first, then fewer tokens there.
         Failed and refused runs follow the scored ones, newest first."""
@@ -465,7 +477,7 @@ class RunStore:
                 sha256=run.sha256[:12], best_accuracy=None if best is None else best.accuracy,
                 tokens_at_best=None if best is None else best.avg_tokens, beta_at_best=None if best is None else best.beta,
                 monotone=run.summary.monotone if ok else None, on_frontier=run.summary.on_frontier if ok else None,
-                error=run.error)
+                error=run.error, after_heldout=bool(ok and run.summary.after_heldout))
             (scored if best is not None else failed).append(entry)
         scored.sort(key=lambda e: (-e.best_accuracy, e.tokens_at_best, e.id))
         failed.sort(key=lambda e: -e.id)

@@ -217,7 +217,7 @@ class CellBroker:
         self.n_br = n_br
         width = int(n_br.max()) if len(n_br) else 0
         self.perm = np.zeros((len(questions), max(1, width)), dtype=np.int64)
-        for s, q in enumerate(questions):
+        for s in range(len(questions)):
             n = int(n_br[s])
             order = list(range(n)) if env.stored_order else shuffle_order(n, seed)
             self.perm[s, :n] = order

@@ -134,3 +134,26 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def sandbox_summary(iso: IsolationReport | None, audit: AuditReport | None) -> str | None:
+    """The isolation level in force, what it leaves open, and the audit, in one line (tools, TUI, CLI)."""
+    if iso is None and audit is None:
+        return None
+    if iso is None or iso.scoring is None:  # written before scores were by construction: as it was shown then
+        parts = [f"sandbox {iso.level}"] if iso is not None and iso.level else []
+        if audit is not None and audit.checked:
+            parts.append(f"audit {'passed' if audit.passed else 'FAILED'} "
+                         f"({len(audit.mismatches)} mismatches in {audit.checked} episodes)")
+        return ", ".join(parts) or None
+    if iso.level == "off":
+        return "sandbox off: the candidate ran in-process, unisolated (trusted code only)"
+    gaps = "; ".join(iso.unprotected[1:]) if iso.level != "strong" else ""
+    text = (f"sandbox {iso.level} (scores by construction; not protected against: timing channels"
+            + (f"; {gaps}" if gaps else "") + ")")
+    if audit is not None and audit.checked:
+        text += (f", audit {'passed' if audit.passed else 'FAILED'} ({len(audit.mismatches)} of {audit.checked} "
+                 "episodes differed when their cell ran twice)")
+    elif audit is not None and audit.skipped:
+        text += f", no audit ({audit.skipped})"
+    return text

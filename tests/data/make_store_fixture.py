@@ -43,12 +43,13 @@ class Greedy:
 
 
 def build() -> None:
-    from autotts_tui.demo_study import BROKEN, PEEKING, SC_BUDGET, record_candidate
     from core.discovery_log import DiscoveryLog, Usage
     from core.study import Study
+    from mcp_server.service import DiscoveryService
+
+    from autotts_tui.demo_study import BROKEN, PEEKING, SC_BUDGET, record_candidate
     from mcp_server import tools
     from mcp_server.discover.report import build_report
-    from mcp_server.service import DiscoveryService
 
     shutil.rmtree(FOLDER, ignore_errors=True)
     study = Study.create(FOLDER, betas=(0.0, 0.5, 1.0), n_seeds=3,
@@ -97,19 +98,19 @@ def _or_error(read: Any) -> Any:
 
 def read() -> dict[str, Any]:
     """Everything the readers of that release return for the fixture, as JSON."""
+    from autotts_tui.queries import ReadOnlyQueries
     from click.testing import CliRunner
+    from core.discovery_log import DiscoveryLog
+    from core.runstore import RunStore
+    from core.study import Study
+    from mcp_server.service import DiscoveryService
     from rich.console import Console
 
     from autotts.cli import main as cli
     from autotts_tui.model import StudyReader
-    from autotts_tui.queries import ReadOnlyQueries
-    from core.discovery_log import DiscoveryLog
-    from core.runstore import RunStore
-    from core.study import Study
     from mcp_server import tools
     from mcp_server.discover.context import RoundLimits, round_brief
     from mcp_server.discover.report import cost_summary, render_report, select_final
-    from mcp_server.service import DiscoveryService
 
     study = Study.open(FOLDER)
     store = RunStore(study.store_path, readonly=True)
