@@ -9,7 +9,7 @@ from typing import Any
 import click
 import orjson
 
-from autotts.cli import default_environment_path, main, progress_bar
+from autotts.cli import default_environment_path, progress_bar
 from core.controllers import ControllerSpec, parse_spec
 from core.evaluate import EvalResult, evaluate
 from core.stats import Point, seed_spread, token_saving
@@ -18,7 +18,7 @@ from core.store import expand_paths, load_environment
 DEFAULT_SPECS = ("sc:n=64", "asc", "esc", "parallel-probe", "cmc:beta=0.5", "cmc:beta=1")
 
 
-@main.command("eval")
+@click.command("eval")
 @click.argument("envs", nargs=-1, metavar="[ENV]...")
 @click.option("-c", "--controller", "controllers", multiple=True, metavar="SPEC",
               help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc, or path/to/file.py); "

@@ -105,3 +105,59 @@ def test_malformed_file_exit_2(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(bad)])
     assert result.exit_code == 2
     assert "question 0" in result.output and "gold_answer" in result.output
+
+
+# ----- subcommand registration: one explicit table in autotts/cli.py, modules loaded on first use ---------------
+def test_every_subcommand_is_registered_with_its_own_summary():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import click
+
+    from autotts.cli import SUBCOMMANDS
+
+    defined = {}  # command name -> (module, attribute), read from the cli_*.py sources
+    for path in sorted((Path(__file__).resolve().parents[1] / "autotts").glob("cli_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            for deco in getattr(node, "decorator_list", []):
+                if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
+                        and isinstance(deco.func.value, ast.Name) and deco.func.value.id == "click"
+                        and deco.func.attr in ("command", "group")):
+                    defined[deco.args[0].value] = (f"autotts.{path.stem}", node.name)
+    assert {name: (e.module, e.attribute) for name, e in SUBCOMMANDS.items()} == defined
+    for name, entry in SUBCOMMANDS.items():
+        command = getattr(importlib.import_module(entry.module), entry.attribute)
+        assert isinstance(command, click.Command) and command.name == name
+        assert command.get_short_help_str(10**6) == entry.summary, name
+
+
+def test_help_lists_commands_without_importing_them():
+    import subprocess
+    import sys
+
+    code = ("import sys; from autotts.cli import main\n"
+            "try: main(['--help'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('autotts.cli_', 'numpy', 'numba', 'scipy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    listing, loaded = out.rstrip("\n").rsplit("\n", 1)
+    assert loaded == "[]"
+    assert "  eval      Evaluate controllers on replay environments" in listing
+    assert all(f"  {name} " in listing for name in ("collect", "discover", "heldout", "mcp", "study", "tui"))
+
+
+def test_help_listing_is_what_click_would_print_from_the_commands():
+    import importlib
+
+    import click
+
+    from autotts.cli import SUBCOMMANDS, AutoTTSGroup
+
+    lazy = CliRunner().invoke(main, ["--help"], terminal_width=100).output
+    eager = AutoTTSGroup(name=main.name, params=main.params, help=main.help,
+                         context_settings=main.context_settings)
+    for name, entry in SUBCOMMANDS.items():
+        eager.add_command(getattr(importlib.import_module(entry.module), entry.attribute), name)
+    assert isinstance(eager, click.Group)
+    assert CliRunner().invoke(eager, ["--help"], terminal_width=100).output == lazy
