@@ -1,6 +1,6 @@
 """The discovery service: one study, its run store, the baselines cache and the evaluation queue.
 
-The MCP server and the (future) `autotts discover` loop both drive a `DiscoveryService`; tool logic lives in
+The MCP server and the `autotts discover` loop both drive a `DiscoveryService`; tool logic lives in
 `mcp_server.tools` as plain functions over it. Evaluations are serialised by a lock: the sandbox already uses
 every core, so a second `run_controller` waits its turn (and says how long it waited) rather than competing.
 Held-out environments are never loaded here except by `evaluate_heldout`, which only the CLI calls.

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from core.errors import AutoTTSError
 from core.runstore import EpisodeArrays, RunStoreError, parse_run_id
 from mcp_server.checks import check_source
 from mcp_server.service import SC64, DiscoveryService, Progress, ToolInputError
@@ -545,13 +544,6 @@ def _render_table(t: Table) -> str:
     cells = [[str(c) for c in t.columns]] + [["-" if v is None else str(v) for v in r] for r in t.rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(t.columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
-
-
-def error_text(e: BaseException) -> str:
-    """The one-line message an agent sees for a rejected call."""
-    if isinstance(e, AutoTTSError):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
 
 
 def _mismatches(audit: dict[str, Any]) -> int:
