@@ -126,14 +126,15 @@ def run_episodes(
             and not env.has_partial):
         ids, tokens = controller.run_replay(env, seed_arr)
         vocab = env.answer_vocab
-        answers = [[vocab[q][a] if a >= 0 else None for q, a in enumerate(row)] for row in ids.tolist()]
+        answers: list[list[str | None]] = [[vocab[q][a] if a >= 0 else None for q, a in enumerate(row)]
+                                           for row in ids.tolist()]
         if progress is not None:
             progress(len(seed_arr), len(seed_arr))
         return Episodes(seed_arr, answers, tokens.astype(np.int64), None, time.perf_counter() - start)
 
     n_q = env.n_questions
     tokens = np.zeros((len(seed_arr), n_q), dtype=np.int64)
-    answers: list[list[str | None]] = []
+    answers = []
     recorded: dict[tuple[int, int], Trace] | None = {} if traces else None
     solve = controller.solve
     for si, seed in enumerate(seed_arr.tolist()):

@@ -350,7 +350,8 @@ class RunStore:
                  run.traceback, _dumps(run.betas), _dumps(run.envs), _dumps(run.summary), _dumps(run.isolation),
                  _dumps(run.audit), run.seconds, run.stdout_tail),
             )
-            run_id = int(cur.lastrowid)
+            run_id = cur.lastrowid
+            assert run_id is not None  # an INSERT always sets it
             self._insert_results(db, run_id, run.results)
         return run_id
 
@@ -481,7 +482,8 @@ class RunStore:
         runs follow the scored ones, newest first.
         """
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id")
-        scored, failed = [], []
+        scored: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         for r in rows:
             d = _run_dict(r)
             s = d.get("summary") or {}
