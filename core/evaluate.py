@@ -1,4 +1,4 @@
-"""The evaluation protocol (replay-spec §3): 100 seeded shuffles, every question, exact accuracy and mean tokens.
+"""The evaluation protocol (docs/semantics.md §4): 100 seeded shuffles, every question, exact accuracy and mean tokens.
 
 Episodes are run without gold (`run_episodes`, what a sandboxed worker does) and scored separately (`score`),
 so untrusted code never needs the gold answers in its process.
