@@ -9,7 +9,7 @@ from typing import Any
 import click
 import orjson
 
-from autotts.cli import default_environment_path, progress_bar
+from autotts.cli import default_environment_path, exit_without_teardown, progress_bar
 from core.controllers import ControllerSpec, parse_spec
 from core.evaluate import EvalResult, evaluate
 from core.stats import Point, seed_spread, token_saving
@@ -41,6 +41,7 @@ def eval_command(envs: tuple[str, ...], controllers: tuple[str, ...], seeds: int
       autotts eval ../data/Qwen3-8B -c sc:n=64 -c cmc:beta=0,0.5,1 --json
       autotts eval env.json -c my_controller.py:beta=0.5
     """
+    exit_without_teardown()  # nothing is left open when the command returns
     specs: list[ControllerSpec] = [s for text in (controllers or DEFAULT_SPECS) for s in parse_spec(text)]
     for spec in specs:  # fail fast on a bad controller file before loading any data
         spec.build()

@@ -161,3 +161,24 @@ def test_help_listing_is_what_click_would_print_from_the_commands():
         eager.add_command(getattr(importlib.import_module(entry.module), entry.attribute), name)
     assert isinstance(eager, click.Group)
     assert CliRunner().invoke(eager, ["--help"], terminal_width=100).output == lazy
+
+
+def test_console_entry_point_exit_codes_and_complete_output(tiny_env, tmp_path):
+    """`autotts eval` ends without interpreter teardown (autotts.cli.run); output and exit codes stay whole."""
+    import subprocess
+    import sys
+
+    episodes = tmp_path / "episodes.jsonl"
+    cmd = [sys.executable, "-m", "autotts", "eval", str(tiny_env), "-c", "sc:n=2", "--seeds", "7", "--json",
+           "--episodes", str(episodes)]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert orjson.loads(ok.stdout)["rows"][0]["controller"] == "sc:n=2"
+    assert len(episodes.read_text().splitlines()) == 7
+    bad = subprocess.run([sys.executable, "-m", "autotts", "eval", str(tmp_path / "missing.json")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
+    usage = subprocess.run([sys.executable, "-m", "autotts", "eval", "--seeds", "0"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "--seeds" in usage.stderr
+    helped = subprocess.run([sys.executable, "-m", "autotts", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "Commands:" in helped.stdout
