@@ -1,3 +1,4 @@
-from autotts.cli import main
+"""autotts command-line entry point (`python -m autotts`)."""
+from autotts.cli import run
 
-main()
+run()

@@ -10,8 +10,6 @@ from typing import Any
 import click
 import orjson
 
-from autotts.cli import main
-
 BACKENDS = ("llama", "openai")
 
 
@@ -65,7 +63,7 @@ def _cached_sha256(model: Path, folder: Path) -> str:
     return file_sha256(model)
 
 
-@main.command("collect")
+@click.command("collect")
 @click.argument("model")
 @click.argument("questions", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
@@ -229,7 +227,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-@main.command("export")
+@click.command("export")
 @click.argument("store", type=click.Path(exists=True))
 @click.argument("dest", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["paper", "project"]), default="paper", show_default=True,

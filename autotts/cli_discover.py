@@ -12,12 +12,11 @@ from pathlib import Path
 import click
 import orjson
 
-from autotts.cli import main
 from core.discovery.study import Study
 from core.errors import AutoTTSError
 
 
-@main.command("discover")
+@click.command("discover")
 @click.argument("study_folder", metavar="STUDY")
 @click.option("--model", required=True, help="Explorer model id, e.g. claude-sonnet-4-6 (any model the endpoint serves).")
 @click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 1000),
@@ -173,7 +172,3 @@ def _study_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-if __name__ == "__main__":  # `python -m autotts.cli_discover discover STUDY …` works before cli.py imports this module
-    sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import orjson
 
-from autotts.cli import default_environment_path, main, progress_bar
+from autotts.cli import default_environment_path, exit_without_teardown, progress_bar
 from core.controllers import ControllerSpec, parse_spec
 from core.evaluate import EvalResult, evaluate
 from core.progress import Progress
@@ -19,7 +19,7 @@ from core.store import expand_paths, load_environment
 DEFAULT_SPECS = ("sc:n=64", "asc", "esc", "parallel-probe", "cmc:beta=0.5", "cmc:beta=1")
 
 
-@main.command("eval")
+@click.command("eval")
 @click.argument("envs", nargs=-1, metavar="[ENV]...")
 @click.option("-c", "--controller", "controllers", multiple=True, metavar="SPEC",
               help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc, or path/to/file.py); "
@@ -42,6 +42,7 @@ def eval_command(envs: tuple[str, ...], controllers: tuple[str, ...], seeds: int
       autotts eval ../data/Qwen3-8B -c sc:n=64 -c cmc:beta=0,0.5,1 --json
       autotts eval env.json -c my_controller.py:beta=0.5
     """
+    exit_without_teardown()  # nothing is left open when the command returns
     specs: list[ControllerSpec] = [s for text in (controllers or DEFAULT_SPECS) for s in parse_spec(text)]
     for spec in specs:  # fail fast on a bad controller file before loading any data
         spec.build()

@@ -10,12 +10,10 @@ from typing import Any
 import click
 import orjson
 
-from autotts.cli import main
-
 BACKENDS = ("llama", "openai")
 
 
-@main.command("solve")
+@click.command("solve")
 @click.argument("question", required=False)
 @click.option("-m", "--model", default=None,
               help="llama: a .gguf file; openai: the served model's name (default: the first the server lists).")

@@ -13,7 +13,6 @@ from typing import Any
 import click
 import orjson
 
-from autotts.cli import main
 from core.discovery.study import DEFAULT_FOLDER, Study
 from core.errors import AutoTTSError
 
@@ -30,7 +29,7 @@ def _log_to_stderr(verbose: bool = False) -> None:
     logging.getLogger("autotts").setLevel(logging.INFO)
 
 
-@main.group("study")
+@click.group("study")
 def study_group() -> None:
     """Create and inspect discovery studies (a folder with study.json and the runs.sqlite run store)."""
 
@@ -107,7 +106,7 @@ def study_show(folder: str | None, as_json: bool) -> None:
         click.echo(f"  {r.run_id}  {r.status:<7} {r.name[:30]:<30} {score or (r.error or '')[:60]}")
 
 
-@main.command("mcp")
+@click.command("mcp")
 @click.argument("study_folder", metavar="STUDY", required=False)
 @click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -175,7 +174,7 @@ def _read_or_create_token(path: Path) -> str:
     return token
 
 
-@main.command("heldout")
+@click.command("heldout")
 @click.argument("study_folder", metavar="STUDY")
 @click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
 @click.option("--top", default=1, show_default=True, type=click.IntRange(1, 50),
@@ -233,7 +232,3 @@ def heldout_command(study_folder: str, run_ids: tuple[str, ...], top: int, as_js
                    "after a held-out evaluation.")
     if failed:
         sys.exit(1)
-
-
-if __name__ == "__main__":  # `python -m autotts.cli_study mcp STUDY` works before cli.py imports this module
-    sys.exit(main())

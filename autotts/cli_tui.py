@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 import orjson
 
-from autotts.cli import main
 from core.errors import AutoTTSError
 
 
@@ -21,7 +20,7 @@ def _default_study() -> str:
     return os.environ.get("AUTOTTS_STUDY", DEFAULT_FOLDER)
 
 
-@main.command("tui")
+@click.command("tui")
 @click.argument("study", required=False, type=click.Path(file_okay=False))
 @click.option("--theme", type=click.Choice(["dark", "light"]), default=lambda: os.environ.get("AUTOTTS_THEME", "dark"),
               show_default="dark, or $AUTOTTS_THEME", help="Colour theme (ctrl+t switches while running).")
@@ -44,7 +43,7 @@ def tui_command(study: str | None, theme: str, poll_interval: float, no_baseline
     app.run()
 
 
-@main.command("plot")
+@click.command("plot")
 @click.argument("source", required=False)
 @click.option("-o", "--output", default="scaling.png", show_default=True, type=click.Path(dir_okay=False),
               help="Figure file; the format follows the suffix: .png, .svg or .pdf.")

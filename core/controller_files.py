@@ -68,12 +68,13 @@ def instantiate(target: Any, options: dict[str, Any]) -> Any:
         if options:
             raise ControllerSpecError("a module-level solve() takes no options; define a class to accept them")
         return target
-    params = inspect.signature(target).parameters
+    factory: Any = target  # a class of the controller file: its parameters are known only at run time
+    params = inspect.signature(factory).parameters
     accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if all(k in params for k in options) or accepts_kwargs:
-        return target(**options)
+        return factory(**options)
     if "config" in params:
-        return target(config=dict(options))
+        return factory(config=dict(options))
     unknown = ", ".join(k for k in options if k not in params)
     raise ControllerSpecError(f"{target.__name__} accepts no option {unknown}; its parameters are {', '.join(params) or '(none)'}")
 

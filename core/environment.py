@@ -1,6 +1,6 @@
 """The replay environment: compact numpy tables per (model, benchmark) and the question object controllers drive.
 
-Semantics (replay-spec §2). A branch with n probes and T tokens is a list of n + 1 steps:
+Semantics (docs/semantics.md §2). A branch with n probes and T tokens is a list of n + 1 steps:
 step k < n reveals probe k and costs the interval Δ; step n reveals the final answer, costs max(0, T − nΔ)
 and finishes the branch. Stepping a finished branch again is free. A full read reveals only the final
 answer and costs T.

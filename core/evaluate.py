@@ -1,4 +1,4 @@
-"""The evaluation protocol (replay-spec §3): 100 seeded shuffles, every question, exact accuracy and mean tokens.
+"""The evaluation protocol (docs/semantics.md §4): 100 seeded shuffles, every question, exact accuracy and mean tokens.
 
 Episodes are run without gold (`run_episodes`, what a sandboxed worker does) and scored separately (`score`),
 so untrusted code never needs the gold answers in its process.
@@ -7,8 +7,8 @@ so untrusted code never needs the gold answers in its process.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,6 @@ class EvalResult:
     """int64[S, Q]."""
     traces: dict[tuple[int, int], Trace] | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_seed_accuracy(self) -> np.ndarray:
@@ -87,11 +86,6 @@ class EvalResult:
              "correct": bool(self.correct[si, q]), "tokens": int(self.tokens[si, q])}
             for si, seed in enumerate(self.seeds) for q in range(self.tokens.shape[1])
         ]
-
-    def summary(self) -> dict[str, Any]:
-        """The row `autotts eval --json` prints."""
-        return {"env": self.env, "controller": self.controller, "accuracy": self.accuracy,
-                "avg_tokens": self.avg_tokens, "seconds": round(self.seconds, 4)}
 
 
 def resolve_controller(controller: str | ControllerSpec | Any) -> tuple[Any, str]:
@@ -133,14 +127,15 @@ def run_episodes(
             and not env.has_partial):
         ids, tokens = controller.run_replay(env, seed_arr)
         vocab = env.answer_vocab
-        answers = [[vocab[q][a] if a >= 0 else None for q, a in enumerate(row)] for row in ids.tolist()]
+        answers: list[list[str | None]] = [[vocab[q][a] if a >= 0 else None for q, a in enumerate(row)]
+                                           for row in ids.tolist()]
         if progress is not None:
             progress(Progress(len(seed_arr), len(seed_arr), "seeds"))
         return Episodes(seed_arr, answers, tokens.astype(np.int64), None, time.perf_counter() - start)
 
     n_q = env.n_questions
     tokens = np.zeros((len(seed_arr), n_q), dtype=np.int64)
-    answers: list[list[str | None]] = []
+    answers = []
     recorded: dict[tuple[int, int], Trace] | None = {} if traces else None
     solve = controller.solve
     for si, seed in enumerate(seed_arr.tolist()):
@@ -206,19 +201,3 @@ def evaluate(
     obj, label = resolve_controller(controller)
     episodes = run_episodes(env, obj, seeds, probe_cost=probe_cost, traces=traces, fast=fast, progress=progress)
     return score(env, episodes, controller=label)
-
-
-def sweep(
-    env: ReplayEnvironment, spec: str, seeds: Sequence[int] = DEFAULT_SEEDS, **kwargs: Any
-) -> list[EvalResult]:
-    """Evaluate every setting of a spec such as `cmc:beta=0,0.5,1` (a β sweep)."""
-    return [evaluate(env, s, seeds, **kwargs) for s in parse_spec(spec)]
-
-
-def evaluate_matrix(
-    envs: Iterable[ReplayEnvironment], specs: Iterable[ControllerSpec], seeds: Sequence[int] = DEFAULT_SEEDS,
-    **kwargs: Any,
-) -> list[EvalResult]:
-    """Every (environment, controller setting) pair, environments outer."""
-    spec_list = list(specs)
-    return [evaluate(env, spec, seeds, **kwargs) for env in envs for spec in spec_list]

@@ -1,6 +1,6 @@
 """Voting primitives shared by the built-in controllers; agent-written controllers may import them too.
 
-All of them follow replay-spec §4: lists are in branch-opening / arrival order, and ties go to the answer
+All of them follow docs/semantics.md §5: lists are in branch-opening / arrival order, and ties go to the answer
 that occurs first in the list (the order `collections.Counter.most_common` gives).
 """
 

@@ -23,9 +23,13 @@ class Point:
 
 
 def _t_quantile(df: int) -> float:
-    from scipy.stats import t
+    """The 0.975 quantile of Student's t with `df` degrees of freedom.
 
-    return float(t.ppf(0.975, df))
+    `scipy.stats.t.ppf` computes exactly this (`t._ppf` is `stdtrit`), so the value is bit-identical; calling
+    the special function directly spares `autotts eval` the second it takes to import `scipy.stats`."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, 0.975))
 
 
 def seed_spread(result: EvalResult) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Replay files on disk: the paper's JSON format and the project's versioned store format.
 
-Paper format (replay-spec §1): a JSON list, one object per question, with `question`, `gold_answer`,
+Paper format (docs/semantics.md §1): a JSON list, one object per question, with `question`, `gold_answer`,
 `probe_freq`, `final_answers_trace` and `each_branch` (triples `[probe_answers, branch_tokens, final_answer]`).
 
 Project format (`schema_version` 1), a superset::

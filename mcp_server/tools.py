@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 from core.discovery.records import EpisodeArrays, Run, TraceKey
 from core.discovery.service import SC64, DiscoveryService, Progress, ToolInputError
 from core.discovery.store import RunStoreError, parse_run_id
-from core.errors import AutoTTSError
 from core.sandbox.reports import sandbox_summary
 from mcp_server.checks import check_source
 
@@ -535,11 +534,6 @@ def _render_table(t: Table) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
-def error_text(e: BaseException) -> str:
-    """The one-line message an agent sees for a rejected call."""
-    if isinstance(e, AutoTTSError):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
 
 
 def _trim_traceback(tb: str | None) -> str | None:

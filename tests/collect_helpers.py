@@ -91,9 +91,8 @@ def openai_server(tiny_model: Path) -> Iterator[str]:
 
 
 def cli_command(*args: str) -> list[str]:
-    """`autotts collect ...` in a subprocess, with the collect commands registered (as the lead's import line will)."""
-    code = "import sys; from autotts.cli import main; import autotts.cli_collect; sys.exit(main())"
-    return [sys.executable, "-c", code, *args]
+    """`autotts collect ...` (or any subcommand) in a subprocess."""
+    return [sys.executable, "-m", "autotts", *args]
 
 
 def child_env() -> dict[str, str]:

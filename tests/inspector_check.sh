@@ -23,7 +23,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # The server command: `autotts mcp` once autotts/cli.py registers it, else the module entry point.
-if autotts mcp --help >/dev/null 2>&1; then SERVER=(autotts mcp); else SERVER=("$PY" -m autotts.cli_study mcp); fi
+if autotts mcp --help >/dev/null 2>&1; then SERVER=(autotts mcp); else SERVER=("$PY" -m autotts mcp); fi
 
 if ! npx -y "$INSPECTOR" --cli --version >"$WORK/version.txt" 2>"$WORK/version.err"; then
   echo "could not run $INSPECTOR via npx:" >&2; tail -5 "$WORK/version.err" >&2; exit 3
@@ -31,7 +31,7 @@ fi
 echo "inspector $(tail -1 "$WORK/version.txt")"
 
 # A small study: the demo split, 3 seeds, β in {0, 1}.
-"$PY" -m autotts.cli_study study init "$STUDY" --seeds 3 --betas 0,1 --timeout 120 >/dev/null
+"$PY" -m autotts study init "$STUDY" --seeds 3 --betas 0,1 --timeout 120 >/dev/null
 
 inspect() {  # inspect OUT_FILE ARGS...: run the Inspector CLI against the stdio server, JSON to OUT_FILE
   local out="$1"; shift

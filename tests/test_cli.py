@@ -120,3 +120,78 @@ def test_corrupt_gzip_body_and_rejected_option_values_are_one_line_errors(tmp_pa
         r = subprocess.run([sys.executable, "-m", "autotts", *args], capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+# ----- subcommand registration: one explicit table in autotts/cli.py, modules loaded on first use ---------------
+def test_every_subcommand_is_registered_with_its_own_summary():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import click
+
+    from autotts.cli import SUBCOMMANDS
+
+    defined = {}  # command name -> (module, attribute), read from the cli_*.py sources
+    for path in sorted((Path(__file__).resolve().parents[1] / "autotts").glob("cli_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            for deco in getattr(node, "decorator_list", []):
+                if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
+                        and isinstance(deco.func.value, ast.Name) and deco.func.value.id == "click"
+                        and deco.func.attr in ("command", "group")):
+                    defined[deco.args[0].value] = (f"autotts.{path.stem}", node.name)
+    assert {name: (e.module, e.attribute) for name, e in SUBCOMMANDS.items()} == defined
+    for name, entry in SUBCOMMANDS.items():
+        command = getattr(importlib.import_module(entry.module), entry.attribute)
+        assert isinstance(command, click.Command) and command.name == name
+        assert command.get_short_help_str(10**6) == entry.summary, name
+
+
+def test_help_lists_commands_without_importing_them():
+    import subprocess
+    import sys
+
+    code = ("import sys; from autotts.cli import main\n"
+            "try: main(['--help'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('autotts.cli_', 'numpy', 'numba', 'scipy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    listing, loaded = out.rstrip("\n").rsplit("\n", 1)
+    assert loaded == "[]"
+    assert "  eval      Evaluate controllers on replay environments" in listing
+    assert all(f"  {name} " in listing for name in ("collect", "discover", "heldout", "mcp", "study", "tui"))
+
+
+def test_help_listing_is_what_click_would_print_from_the_commands():
+    import importlib
+
+    import click
+
+    from autotts.cli import SUBCOMMANDS, AutoTTSGroup
+
+    lazy = CliRunner().invoke(main, ["--help"], terminal_width=100).output
+    eager = AutoTTSGroup(name=main.name, params=main.params, help=main.help,
+                         context_settings=main.context_settings)
+    for name, entry in SUBCOMMANDS.items():
+        eager.add_command(getattr(importlib.import_module(entry.module), entry.attribute), name)
+    assert isinstance(eager, click.Group)
+    assert CliRunner().invoke(eager, ["--help"], terminal_width=100).output == lazy
+
+
+def test_console_entry_point_exit_codes_and_complete_output(tiny_env, tmp_path):
+    """`autotts eval` ends without interpreter teardown (autotts.cli.run); output and exit codes stay whole."""
+    import subprocess
+    import sys
+
+    episodes = tmp_path / "episodes.jsonl"
+    cmd = [sys.executable, "-m", "autotts", "eval", str(tiny_env), "-c", "sc:n=2", "--seeds", "7", "--json",
+           "--episodes", str(episodes)]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert orjson.loads(ok.stdout)["rows"][0]["controller"] == "sc:n=2"
+    assert len(episodes.read_text().splitlines()) == 7
+    bad = subprocess.run([sys.executable, "-m", "autotts", "eval", str(tmp_path / "missing.json")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
+    usage = subprocess.run([sys.executable, "-m", "autotts", "eval", "--seeds", "0"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "--seeds" in usage.stderr
+    helped = subprocess.run([sys.executable, "-m", "autotts", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "Commands:" in helped.stdout

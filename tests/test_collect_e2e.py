@@ -27,7 +27,6 @@ from collect_helpers import (  # noqa: E402,F401 - fixtures
     tiny_model,
 )
 
-import autotts.cli_collect  # noqa: E402,F401 - registers `collect` and `export` on the CLI
 from autotts.cli import main  # noqa: E402
 from core.collect.writer import LOG_NAME, STORE_NAME, read_log  # noqa: E402
 from core.store import load_environment  # noqa: E402

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from fake_anthropic import Err, FakeAnthropic, message, text, tool_use, usage
 from mcp_helpers import REPO, make_study
 
-import autotts.cli_discover  # noqa: F401 - registers `discover` on the click group
 from autotts.cli import main
 from core.discovery.log import DiscoveryLog
 from core.discovery.store import RunStore
@@ -260,7 +259,7 @@ def test_resume_after_interruption(api_env, study, sig):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with FakeAnthropic(script) as fake:
         fake.on_request = hold_round_two
-        cmd = [sys.executable, "-m", "autotts.cli_discover", "discover", str(study.folder), "--model", MODEL,
+        cmd = [sys.executable, "-m", "autotts", "discover", str(study.folder), "--model", MODEL,
                "--rounds", "2", "--base-url", fake.url, "--no-heldout"]
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -83,7 +83,6 @@ def test_parallel_probe_batches_its_rounds_without_changing_them(engine) -> None
 
 @pytest.mark.slow
 def test_cli_solve_compares_records_and_replays(tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
-    import autotts.cli_solve  # noqa: F401 - registers `solve`
     from autotts.cli import main
 
     qfile = tmp_path / "q.jsonl"
@@ -111,7 +110,6 @@ def test_cli_solve_compares_records_and_replays(tiny_model: Path, tmp_path: Path
 
 
 def test_cli_solve_refuses_bad_usage(tiny_model: Path) -> None:  # noqa: F811
-    import autotts.cli_solve  # noqa: F401
     from autotts.cli import main
 
     res = CliRunner().invoke(main, ["solve", "-m", str(tiny_model)])

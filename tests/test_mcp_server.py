@@ -22,7 +22,6 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 from mcp_helpers import CMC_CANDIDATE, HELDOUT, REPO, SEARCH, make_study, text
 
-import autotts.cli_study  # noqa: F401 - registers `study`, `mcp` and `heldout` on the click group
 from autotts.cli import main
 from core.discovery.records import TraceKey
 from core.discovery.service import DiscoveryService
@@ -267,7 +266,7 @@ def _server_env() -> dict[str, str]:
 async def test_stdio_subprocess(tmp_path):
     folder = tmp_path / "study"
     make_study(folder, n_search=1, n_questions=4, n_seeds=3)
-    params = StdioServerParameters(command=sys.executable, args=["-m", "autotts.cli_study", "mcp", str(folder)],
+    params = StdioServerParameters(command=sys.executable, args=["-m", "autotts", "mcp", str(folder)],
                                    env=_server_env(), cwd=str(tmp_path))
     async with Client(params) as c:
         assert {t.name for t in (await c.list_tools()).tools} == TOOLS
@@ -312,7 +311,7 @@ def http_server(tmp_path):
     make_study(folder, n_search=1, n_questions=4, n_seeds=3)
     port = _free_port()
     token_file = tmp_path / "token"
-    proc = subprocess.Popen([sys.executable, "-m", "autotts.cli_study", "mcp", str(folder), "--http", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "autotts", "mcp", str(folder), "--http", "--port",
                              str(port), "--token-file", str(token_file)], env=_server_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60

@@ -7,7 +7,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from autotts import cli_tui  # noqa: F401  (registers `tui` and `plot` on `main`)
 from autotts.cli import main
 from autotts_tui.demo_study import build_demo_study
 from autotts_tui.figure import figure_data_from_study

@@ -1,6 +1,6 @@
 """Property tests over small synthetic environments: fast path = Python path, costs add up, determinism.
 
-Every episode's trace is also checked against an independent re-implementation of replay-spec §2
+Every episode's trace is also checked against an independent re-implementation of docs/semantics.md §2
 (`check_trace`), so a cost or an answer that the environment gets wrong shows up whatever the controller did.
 """
 
@@ -59,7 +59,7 @@ def controller(spec: str):
 
 # ----- an independent model of the branch semantics ------------------------------------------------------------------
 def check_trace(env: ReplayEnvironment, q: int, seed: int, events, probe_cost: int = 0) -> int:
-    """Replay a trace against the stored branches (replay-spec §2); returns the total cost it implies."""
+    """Replay a trace against the stored branches (docs/semantics.md §2); returns the total cost it implies."""
     order = list(range(env.n_branches(q)))
     random.Random(seed).shuffle(order)
     delta = int(env.interval[q])

@@ -1,4 +1,4 @@
-"""Branch semantics and the question API (replay-spec §2) on tiny hand-built environments."""
+"""Branch semantics and the question API (docs/semantics.md §2–3) on tiny hand-built environments."""
 
 from __future__ import annotations
 

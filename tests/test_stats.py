@@ -73,6 +73,15 @@ def test_seed_spread_matches_t_interval():
     assert s["ci95_high"] - s["ci95_low"] == pytest.approx(2 * 1.984 * acc.std(ddof=1) / 10, rel=1e-3)
 
 
+def test_t_quantile_is_bit_identical_to_scipy_stats():
+    from scipy.stats import t
+
+    from core.stats import _t_quantile
+
+    for df in [*range(1, 300), 499, 999, 9999]:
+        assert _t_quantile(df) == float(t.ppf(0.975, df)), df
+
+
 def test_paired_comparison_counts_discordant_episodes():
     a = np.ones((10, 4), dtype=bool)
     b = a.copy()

@@ -260,7 +260,6 @@ async def test_new_candidates_appear_while_the_app_runs(tmp_path):
 def test_cli_tui_opens_the_study_read_only(study, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from autotts import cli_tui  # noqa: F401  (registers `tui` on `main`)
     from autotts.cli import main
     from autotts_tui.app import AutoTTSApp
 

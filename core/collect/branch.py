@@ -41,7 +41,7 @@ class BranchRun:
     probe_closed: list[bool] = field(default_factory=list)
     answer_lp: float = math.nan
 
-    def request(self, s: CollectSettings) -> Extend | None:
+    def request(self, s: CollectSettings) -> Extend:
         if self.thinking:
             if self.g >= s.max_tokens:
                 self.thinking, self.forced = False, True

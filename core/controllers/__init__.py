@@ -1,4 +1,4 @@
-"""Built-in controllers (replay-spec §5): SC@N, ASC, ESC, Parallel-Probe and the paper's CMC.
+"""Built-in controllers (docs/semantics.md §6): SC@N, ASC, ESC, Parallel-Probe and the paper's CMC.
 
 Each is a frozen dataclass whose fields are its options (defaults = Table 1's settings), with a readable
 `solve(question)` and a compiled replay fast path that the tests hold to identical results.

@@ -121,12 +121,12 @@ def _unknown_name(name: str) -> str:
     return f"unknown controller '{name}': use one of {known}, or a controller file path/to/file.py"
 
 
-def _coerce(cls: type, key: str, raw: str, spec_text: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def _coerce(cls: type[BuiltinController], key: str, raw: str, spec_text: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # the built-ins are dataclasses
     if key not in fields:
         options = ", ".join(fields) or "(none)"
         raise ControllerSpecError(f"'{spec_text}': {cls.name} has no option '{key}'; its options are {options}")
-    kind = type(fields[key].default)
+    kind: type = type(fields[key].default)
     try:
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0"):

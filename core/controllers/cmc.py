@@ -1,4 +1,4 @@
-"""CMC, the Confidence Momentum Controller the AutoTTS paper discovered (its Appendix D; replay-spec §5).
+"""CMC, the Confidence Momentum Controller the AutoTTS paper discovered (its Appendix D; docs/semantics.md §6).
 
 One knob β ∈ [0, 1] schedules every internal setting: small β stops early on few branches, large β opens more
 branches, probes deeper and demands more confidence. The controller keeps a pool of finished branches' answers,

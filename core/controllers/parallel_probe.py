@@ -16,7 +16,7 @@ from core.primitives import majority
 @register
 @dataclass(frozen=True)
 class ParallelProbe(BuiltinController):
-    """Parallel-Probe with the settings of Table 1 (replay-spec §5)."""
+    """Parallel-Probe with the settings of Table 1 (docs/semantics.md §6)."""
 
     name: ClassVar[str] = "parallel-probe"
     summary: ClassVar[str] = "lockstep branches, prune off-track ones, stop when the majority is stable"

@@ -131,7 +131,8 @@ class DiscoveryLog:
 
     def run_rounds(self, sid: str | None = None) -> dict[int, tuple[str, int]]:
         """run id -> (session, round) for runs evaluated by discovery rounds (of one session, or all)."""
-        sql, args = "SELECT run_id, session, round FROM discovery_runs", ()
+        sql = "SELECT run_id, session, round FROM discovery_runs"
+        args: tuple[Any, ...] = ()
         if sid is not None:
             sql, args = sql + " WHERE session=?", (sid,)
         return {int(r["run_id"]): (r["session"], int(r["round"])) for r in self._rows(sql, args)}

@@ -251,6 +251,7 @@ class DiscoveryService:
         stdout_tail = getattr(run, "stdout_tail", None) or None
         base = dict(name=name, source=code, created=started, betas=betas, envs=env_names, isolation=isolation,
                     audit=audit, seconds=seconds, stdout_tail=stdout_tail)
+        error: str | None
         if not run.ok:
             error = _with_hint(run.error or "the evaluation failed", isolation and isolation.ended_by)
             rid = self.store.record_run(Run(status="error", finished=self.clock(), error=error,
@@ -259,7 +260,8 @@ class DiscoveryService:
                               traceback=run.traceback, seconds=seconds, isolation=isolation, audit=audit,
                               stdout_tail=stdout_tail)
         rows = self._result_rows(run, envs, betas, "search")
-        status, error = "ok", None
+        status: str = "ok"
+        error = None
         if audit is not None and not audit.passed:
             status, error = "refused", _audit_refusal(audit)
         over = [(r.env, r.beta, r.max_opened) for r in rows

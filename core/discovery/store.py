@@ -307,7 +307,8 @@ class RunStore:
                  _dumps(None if run.isolation is None else run.isolation.to_dict()),
                  _dumps(None if run.audit is None else run.audit.to_dict()), run.seconds, run.stdout_tail),
             )
-            run_id = int(cur.lastrowid)
+            run_id = cur.lastrowid
+            assert run_id is not None  # an INSERT always sets it
             self._insert_results(db, run_id, results)
         return run_id
 
@@ -467,19 +468,21 @@ class RunStore:
     def leaderboard(self, *, include_failed: bool = True) -> list[LeaderboardEntry]:
         """Runs ranked by the discovery objective: best search-set accuracy over β first, then fewer tokens there.
         Failed and refused runs follow the scored ones, newest first."""
-        scored, failed = [], []
+        scored: list[LeaderboardEntry] = []
+        failed: list[LeaderboardEntry] = []
         for run in self.runs_since(0, limit=-1):
             assert run.id is not None
-            best = run.summary.best if run.status == "ok" and run.summary is not None else None
-            ok = run.status == "ok" and run.summary is not None
+            summary = run.summary if run.status == "ok" else None
+            best = None if summary is None else summary.best
             entry = LeaderboardEntry(
                 id=run.id, run_id=run.run_id, name=run.name, status=run.status, created=run.created,
                 sha256=run.sha256[:12], best_accuracy=None if best is None else best.accuracy,
                 tokens_at_best=None if best is None else best.avg_tokens, beta_at_best=None if best is None else best.beta,
-                monotone=run.summary.monotone if ok else None, on_frontier=run.summary.on_frontier if ok else None,
-                error=run.error, after_heldout=bool(ok and run.summary.after_heldout))
+                monotone=None if summary is None else summary.monotone,
+                on_frontier=None if summary is None else summary.on_frontier,
+                error=run.error, after_heldout=bool(summary is not None and summary.after_heldout))
             (scored if best is not None else failed).append(entry)
-        scored.sort(key=lambda e: (-e.best_accuracy, e.tokens_at_best, e.id))
+        scored.sort(key=lambda e: (-(e.best_accuracy or 0.0), e.tokens_at_best or 0.0, e.id))
         failed.sort(key=lambda e: -e.id)
         return scored + (failed if include_failed else [])
 

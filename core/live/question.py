@@ -1,6 +1,6 @@
 """`LiveQuestion`: the replay question API (paper API, action API, batch calls) over a live model backend.
 
-A branch advances in steps, exactly as replay charges them (replay-spec §2):
+A branch advances in steps, exactly as replay charges them (docs/semantics.md §2):
 
 * a step generates the branch's next interval of Δ tokens and then probes it (close the thinking, ask for the
   boxed answer, greedy, rolled back: the collector's probe, `core.collect`), revealing the probe's answer and

@@ -221,7 +221,10 @@ def main(fd_in: int, fd_out: int, init: dict[str, Any]) -> None:
         os._exit(2)
     gc.collect()
     reserve = bytearray(16 << 20)  # freed on MemoryError so that the report can still be written
-    out = CappedText(init["max_output"], sink=lambda s: os.write(2, s.encode("utf-8", "replace")))
+    def sink(text: str) -> None:
+        os.write(2, text.encode("utf-8", "replace"))
+
+    out = CappedText(init["max_output"], sink=sink)
     sys.stdout = sys.stderr = out
     chan = _Channel(fd_in, fd_out)
     memory_mb = init["limits"]["as_mb"]

@@ -375,8 +375,8 @@ class QuestionBroker:
             return [v for a, fin in q.probe_more_many(idx) for v in (lid(s, a, strings), int(fin))]
         if op == "extend_many":
             return [int(f) for f in q.extend_many(idx)]
-        got = q.get_new_branch_final_answers(args[0])  # read_many
-        return [len(got)] + [lid(s, a, strings) for a in got]
+        finals = q.get_new_branch_final_answers(args[0])  # read_many
+        return [len(finals)] + [lid(s, a, strings) for a in finals]
 
     def outcome(self, slot: int) -> tuple[int, int, int]:
         self.closed[slot] = True

@@ -31,7 +31,7 @@ def _report(ended_by: str | None) -> IsolationReport:
 
 @contextlib.contextmanager
 def _captured(out: _exec.CappedText) -> Iterator[None]:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):  # type: ignore[type-var]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         yield
 
 

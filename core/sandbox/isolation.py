@@ -62,7 +62,7 @@ def site_dirs() -> list[str]:
     import orjson
     import scipy
 
-    return list(dict.fromkeys(str(Path(m.__file__).resolve().parents[1]) for m in (numpy, scipy, greenlet, orjson)))
+    return list(dict.fromkeys(str(Path(str(m.__file__)).resolve().parents[1]) for m in (numpy, scipy, greenlet, orjson)))
 
 
 def read_paths() -> list[str]:

@@ -155,6 +155,7 @@ class _Evaluation:
         self.parent_ns = isolation.parent_namespaces()
         self.deadline = time.monotonic() + settings.timeout_s
         self.levels: list[dict[str, Any]] = []
+        """The weakest worker report so far (one entry), as `isolation.level_from_report` gives it."""
         self.notes: list[str] = []
         self.zygote: Zygote | None = None
         self.done_jobs = 0
@@ -218,7 +219,7 @@ class _Evaluation:
                 _WARNED_LEVEL.add(level)
                 log.warning("candidate code runs at sandbox level %r, not 'strong': %s", level,
                             "; ".join(isolation.unprotected(level)[1:]))
-        fields = {k: v for k, v in worst.items() if k != "level"}
+        fields: dict[str, Any] = {k: v for k, v in worst.items() if k != "level"}
         return IsolationReport(level=level, requested=self.mode, namespaces=namespaces, bwrap=self.use_bwrap,
                                timeout_s=self.settings.timeout_s, ended_by=ended_by,
                                workers={"zygote": 1 if self.zygote else 0, "cells": self.forked},
@@ -457,8 +458,9 @@ def run_candidate(
     order = np.random.default_rng([audit_seed, 1]).permutation(len(jobs))
     jobs = [jobs[i] for i in order]
 
-    answers = {(ei, oi): [[None] * env.n_questions for _ in seed_list] for ei, env in enumerate(envs)
-               for oi in range(len(grid))}
+    answers: dict[tuple[int, int], list[list[str | None]]] = {
+        (ei, oi): [[None] * env.n_questions for _ in seed_list] for ei, env in enumerate(envs)
+        for oi in range(len(grid))}
     tokens = {key: np.zeros((len(seed_list), envs[key[0]].n_questions), dtype=np.int64) for key in answers}
     opened = {key: np.zeros((len(seed_list), envs[key[0]].n_questions), dtype=np.int32) for key in answers}
     seconds = dict.fromkeys(answers, 0.0)
