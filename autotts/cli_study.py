@@ -96,14 +96,30 @@ def study_show(folder: str | None, as_json: bool) -> None:
     with RunStore(study.store_path, readonly=True) as store:
         board = store.leaderboard()
     doc = study.summary() | {"heldout": study.heldout_names, "runs": len(board), "leaderboard": [r.to_dict() for r in board[:10]]}
+    sandbox = _sandbox_here(study)
     if as_json:
-        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(doc | {"sandbox": sandbox}, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(f"Study {study.folder}: search {', '.join(study.search_names)}; "
                f"held out {', '.join(study.heldout_names) or '(none)'}; {len(board)} run(s)")
     for r in board[:10]:
         score = "" if r.best_accuracy is None else f"{r.best_accuracy:.2f}% at {r.tokens_at_best:,.0f} tokens"
-        click.echo(f"  {r.run_id}  {r.status:<7} {r.name[:30]:<30} {score or (r.error or '')[:60]}")
+        click.echo(f"  {r.run_id}  {r.status:<7} {r.name[:30]:<30} {score or (r.error or '')[:60]}"
+                   + ("  (recorded after a held-out evaluation)" if r.after_heldout else ""))
+    click.echo(f"Sandbox on this machine: {sandbox['mode']}, level {sandbox['level']}; not protected against: "
+               + "; ".join(sandbox["unprotected"]))
+
+
+def _sandbox_here(study: Study) -> dict[str, Any]:
+    """The level this study's sandbox settings reach on this machine, and what that level leaves open."""
+    from core.sandbox.isolation import expected_level, probe_isolation, unprotected
+
+    box = study.sandbox
+    level = str(box.get("level", "auto"))
+    reached = "off" if level == "off" else expected_level(
+        probe_isolation(), use_bwrap=bool(box.get("use_bwrap", True)),
+        use_native=bool(box.get("use_native_namespaces", True)))
+    return {"mode": level, "level": reached, "unprotected": unprotected(reached)}
 
 
 @click.command("mcp")

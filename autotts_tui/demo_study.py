@@ -235,8 +235,7 @@ class _SetClock:
 def demo_service(study: Study, *, seconds: float | None = None) -> DiscoveryService:
     """A discovery service over `study` that runs candidates in this process (they are trusted: they ship here);
     `seconds` fixes the duration recorded with every run. Close it with `svc.store.close()`."""
-    settings = SandboxSettings(level="off", audit_episodes=int(study.sandbox.get("audit_episodes", 30)),
-                                       audit_seed=0)
+    settings = SandboxSettings(level="off", audit_seed=0)
     return DiscoveryService(study, sandbox=_InProcessSandbox(seconds), settings=settings, clock=_SetClock())
 
 

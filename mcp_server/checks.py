@@ -2,7 +2,8 @@
 
 They give an agent a clear, immediate message for the common mistakes (syntax errors, forbidden imports, reading
 the question object's private state) instead of a sandbox failure. They are not the security boundary: the
-sandbox is (it blocks files, network and processes whatever the code does), and the audit catches oracle use.
+sandbox is (its workers hold no unrevealed data, and it blocks files, network, processes and every channel
+between workers whatever the code does).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def make_study(folder: Path, *, n_questions: int = 6, n_branches: int = 96, n_se
     held = save_environment(generate(n_questions=n_questions, n_branches=n_branches, seed=999, model="synth",
                                      benchmark="omega"), data / "omega.json.gz")
     return Study.create(folder, search=paths, heldout=[held], betas=betas, n_seeds=n_seeds,
-                        sandbox={"timeout_s": timeout_s, "level": level, "audit_episodes": 4})
+                        sandbox={"timeout_s": timeout_s, "level": level})
 
 
 def text(result: Any) -> str:

@@ -5,6 +5,7 @@ and `importlib.import_module("…")` / `__import__("…")` with a literal name):
 
 * everywhere in core: the standard library, core itself, the numerical stack (numpy, numba, scipy), orjson, and
   `replay_data` (the bundled demo environment, a data package);
+* additionally in core/sandbox (and only there): greenlet, on which a worker runs a cell's episodes concurrently;
 * additionally in core/collect (and only there): the local-model runtime that collection drives — llama_cpp
   (llama-cpp-python), gguf (writes the tiny test model) and math_verify with sympy (answer normalisation). These
   are imported inside the functions that need them, so `core.collect` itself imports without the extra;
@@ -25,7 +26,7 @@ import pytest
 CORE = Path(__file__).resolve().parents[1] / "core"
 
 ALLOWED = {"core", "numpy", "numba", "scipy", "orjson", "replay_data"}
-ALLOWED_UNDER = {"collect": {"llama_cpp", "gguf", "math_verify", "sympy"}}
+ALLOWED_UNDER = {"collect": {"llama_cpp", "gguf", "math_verify", "sympy"}, "sandbox": {"greenlet"}}
 LAYERS_ABOVE = {"autotts", "autotts_tui", "mcp_server"}
 NEVER = {"textual", "rich", "click", "mcp", "mcp_types", "starlette", "uvicorn", "anyio", "anthropic", "pydantic",
          "matplotlib", *LAYERS_ABOVE}

@@ -859,3 +859,26 @@ def test_no_worker_survives_a_killed_server(level, tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_restarted_server_cleans_what_a_killed_one_left(tmp_path):
+    from core.sandbox.isolation import clean_leftovers
+
+    dead = subprocess_pid_that_has_exited()
+    (tmp_path / f"autotts-probe-{dead}-x").mkdir()
+    (tmp_path / f"autotts-probe-{os.getpid()}-y").mkdir()  # ours: still in use
+    old = tmp_path / "autotts-sbx-old"
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    (tmp_path / "someone-elses").mkdir()
+    removed = clean_leftovers(str(tmp_path))
+    assert sorted(Path(p).name for p in removed) == [f"autotts-probe-{dead}-x", "autotts-sbx-old"]
+    assert (tmp_path / "someone-elses").exists() and (tmp_path / f"autotts-probe-{os.getpid()}-y").exists()
+
+
+def subprocess_pid_that_has_exited() -> int:
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

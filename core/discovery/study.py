@@ -8,7 +8,7 @@ max-branch ceiling and the shuffle seeds. `study.json` (`schema_version` 1)::
      "search":  [{"path": "@demo", "questions": "0::2", "name": "synthetic-demo/demo[0::2]", "sha256": "…"}],
      "heldout": [{"path": "@demo", "questions": "1::2", "name": "synthetic-demo/demo[1::2]", "sha256": "…"}],
      "betas": [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0], "max_branches": 64, "n_seeds": 100,
-     "sandbox": {"timeout_s": 600.0, "memory_mb": 2048, "level": "auto", "audit_episodes": 30}}
+     "sandbox": {"timeout_s": 600.0, "memory_mb": 2048, "level": "auto"}}
 
 `path` is relative to the study folder when the file lies inside it, else absolute; `@demo` is the bundled
 synthetic demo environment. `questions` (optional) is a Python slice `start:stop:step` selecting questions of
@@ -53,7 +53,8 @@ DEFAULT_FOLDER = "autotts-study"
 DEFAULT_BETAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 DEFAULT_MAX_BRANCHES = 64
 DEFAULT_N_SEEDS = 100
-DEFAULT_SANDBOX: dict[str, Any] = {"timeout_s": 600.0, "memory_mb": 2048, "level": "auto", "audit_episodes": 30}
+DEFAULT_SANDBOX: dict[str, Any] = {"timeout_s": 600.0, "memory_mb": 2048, "level": "auto"}
+"""Written into a new study's `sandbox` block; any `core.sandbox.SandboxSettings` field may be set there."""
 
 
 class StudyError(AutoTTSError):

@@ -45,7 +45,9 @@ class BrokerProtocolError(Exception):
 @njit(cache=True, nogil=True)
 def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_ids, branch_offsets,
             probe_offsets, probe_answers, branch_final, branch_tokens, interval, out):
-    """Perform every call of one tick. Returns (words written to `out`, new ids written, protocol error or 0).
+    """Perform every call of one tick. Returns (words written to `out`, new ids written, status): status is a
+    protocol error (1 malformed, 2 too many calls, 3 a call for a finished episode), 0, or minus the number of
+    calls that failed (their messages are made outside, from the state).
 
     `new_ids` gets (slot, vocab id) pairs for answers an episode sees for the first time, in the order their
     local ids were given."""
@@ -53,6 +55,7 @@ def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_
     pos = 0
     w = 0
     n_new = 0
+    n_err = 0
     while pos < flat.shape[0]:
         if pos + 3 > flat.shape[0]:
             return w, n_new, 1
@@ -85,6 +88,7 @@ def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_
                     w += 1
                     out[head + 2] = w - head - 3
                     out[head + 1] = cost[s]
+                    n_err += 1
                     continue
                 k = min(k, n_br[s] - nxt[s])
                 out[w] = k
@@ -98,6 +102,7 @@ def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_
                     out[head + 2] = 0
                     out[head + 1] = cost[s]
                     w = head + 3
+                    n_err += 1
                     continue
             for _ in range(k):
                 i = nxt[s]
@@ -203,7 +208,9 @@ def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_
                         w += 1
         out[head + 1] = cost[s]
         out[head + 2] = w - head - 3
-    return w, n_new, 0
+        if out[head] != OK:
+            n_err += 1
+    return w, n_new, 0 if n_err == 0 else -n_err
 
 
 class CellBroker:
@@ -237,12 +244,12 @@ class CellBroker:
         w, n_new, bad = _answer(flat, self.slot_q, self.closed, self.perm, self.n_br, self.depth, self.nxt, self.cost, self.lmap,
                                 self.nloc, self.new_ids, e.branch_offsets, e.probe_offsets, e.probe_answers,
                                 e.branch_final, e.branch_tokens, e.interval, self.out)
-        if bad:
+        if bad > 0:
             raise BrokerProtocolError({1: "malformed calls", 2: "too many calls in one tick",
                                        3: "a call for an episode that had finished"}[bad])
         replies = self.out[:w].tolist()
         errors: list[list[Any]] = []
-        if any(replies[h] for h in _heads(replies)):
+        if bad < 0:
             replies, errors = self._errors(calls, replies)
         strings = []
         for s, a in self.new_ids[:n_new].tolist():

@@ -10,12 +10,14 @@ Levels (weakest first; a run reports the weakest level any of its workers report
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,34 @@ def _native_namespaces_usable() -> tuple[bool, str | None]:
     return False, (r.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {r.returncode}"])[-1]
 
 
+def clean_leftovers(tmp: str | None = None) -> list[str]:
+    """Remove what a killed server left in the temporary folder; returns what was removed.
+
+    Workers write nothing anywhere, so the only leftovers are this module's probe folders (named after the pid
+    that made them: removed once that process is gone) and the scratch folders of releases whose workers had one
+    (`autotts-sbx-*`, removed an hour after their last change)."""
+    tmp = tmp or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = os.path.join(tmp, name)
+        stale = False
+        if name.startswith("autotts-probe-"):
+            pid = name.split("-")[2]
+            stale = pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+        elif name.startswith("autotts-sbx-"):
+            with contextlib.suppress(OSError):
+                stale = now - os.stat(path).st_mtime > 3600
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @functools.lru_cache(maxsize=1)
 def probe_isolation() -> dict[str, Any]:
     """What this machine offers (cached): bubblewrap usable for our interpreter, native namespaces, Landlock ABI,
@@ -155,7 +185,8 @@ def probe_isolation() -> dict[str, Any]:
         if bwrap is None:
             info["bwrap_error"] = "bubblewrap is not installed (apt-get install bubblewrap)"
         else:
-            scratch = tempfile.mkdtemp(prefix="autotts-probe-")
+            clean_leftovers()
+            scratch = tempfile.mkdtemp(prefix=f"autotts-probe-{os.getpid()}-")
             try:
                 cmd = bwrap_prefix(bwrap, euid) + [sys.executable, "-S", "-c", "print('ok')"]
                 r = subprocess.run(cmd, capture_output=True, timeout=30, env=dict(WORKER_ENV), cwd=scratch)
