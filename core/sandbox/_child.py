@@ -129,7 +129,13 @@ def lockdown(init: dict[str, Any], keep: tuple[int, ...]) -> dict[str, Any]:
     rules = 0
     if init.get("seccomp") and _SECCOMP is not None:
         try:
-            rules = _seccomp.install(_SECCOMP, own_pid=os.getpid())
+            if _PROGRAM is not None and abi >= 6:
+                # Landlock's signal scope (ABI ≥ 6) already keeps signals inside this process, so the filter
+                # needs no per-process rule and the one compiled in the zygote serves every worker.
+                _seccomp.load_compiled(_PROGRAM[0])
+                rules = _PROGRAM[1]
+            else:
+                rules = _seccomp.install(_SECCOMP, own_pid=os.getpid())
         except OSError as e:
             errors["seccomp"] = str(e)
     elif init.get("seccomp"):
@@ -148,16 +154,18 @@ def lockdown(init: dict[str, Any], keep: tuple[int, ...]) -> dict[str, Any]:
 
 
 _SECCOMP: ctypes.CDLL | None = None
+_PROGRAM: tuple[bytes, int] | None = None
 
 
 def prepare(init: dict[str, Any]) -> None:
-    """In the zygote, before any fork: load libseccomp once (children cannot open files)."""
-    global _SECCOMP
+    """In the zygote, before any fork: load libseccomp once (children cannot open files) and compile the filter."""
+    global _SECCOMP, _PROGRAM
     if init.get("seccomp"):
         try:
             _SECCOMP = _seccomp.load_library(init.get("libseccomp"))
+            _PROGRAM = _seccomp.compile_filter(_SECCOMP)
         except OSError:
-            _SECCOMP = None
+            _SECCOMP = _PROGRAM = None
 
 
 class _Channel:

@@ -92,15 +92,14 @@ def load_library(extra: str | None = None) -> ctypes.CDLL:
         lib.seccomp_load.restype = ctypes.c_int
         lib.seccomp_release.argtypes = [ctypes.c_void_p]
         lib.seccomp_release.restype = None
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.seccomp_export_bpf.restype = ctypes.c_int
         return lib
     raise OSError(f"libseccomp.so.2 could not be loaded ({last})")
 
 
-def install(lib: ctypes.CDLL, own_pid: int | None = None) -> int:
-    """Load the deny-list filter into this process (all threads). Returns how many rules were added.
-
-    With `own_pid`, `tgkill` is allowed only towards this process (raise() and abort() need it; a signal to a
-    sibling worker would be a channel)."""
+def _build(lib: ctypes.CDLL, own_pid: int | None) -> tuple[int, int]:
+    """A filter context holding every rule (the caller releases it) and the number of rules."""
     ctx = lib.seccomp_init(_ACT_ALLOW)
     if not ctx:
         raise OSError("seccomp_init failed")
@@ -130,9 +129,75 @@ def install(lib: ctypes.CDLL, own_pid: int | None = None) -> int:
             add("madvise", deny, _ArgCmp(arg=2, op=_CMP_EQ, datum_a=advice, datum_b=0))
         if own_pid is not None:
             add("tgkill", deny, _ArgCmp(arg=0, op=_CMP_NE, datum_a=own_pid, datum_b=0))
+        return ctx, n
+    except BaseException:
+        lib.seccomp_release(ctx)
+        raise
+
+
+def install(lib: ctypes.CDLL, own_pid: int | None = None) -> int:
+    """Load the deny-list filter into this process (all threads). Returns how many rules were added.
+
+    With `own_pid`, `tgkill` is allowed only towards this process (raise() and abort() need it; a signal to a
+    sibling worker would be a channel)."""
+    ctx, n = _build(lib, own_pid)
+    try:
         rc = lib.seccomp_load(ctx)
         if rc != 0:
             raise OSError(-rc, f"seccomp_load failed: rc {rc}")
         return n
     finally:
         lib.seccomp_release(ctx)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def compile_filter(lib: ctypes.CDLL) -> tuple[bytes, int]:
+    """The deny-list filter (without the own-pid rule) as a BPF program, and its number of rules: built once in
+    the zygote, loaded by each worker with `load_compiled` in microseconds instead of milliseconds."""
+    import os
+
+    ctx, n = _build(lib, None)
+    try:
+        r, w = os.pipe()
+        try:
+            if lib.seccomp_export_bpf(ctx, w) != 0:
+                raise OSError("seccomp_export_bpf failed")
+            os.close(w)
+            w = -1
+            chunks = []
+            while chunk := os.read(r, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        return b"".join(chunks), n
+    finally:
+        lib.seccomp_release(ctx)
+
+
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_TSYNC = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def load_compiled(program: bytes) -> None:
+    """Load a program from `compile_filter` into this process, synchronised to all its threads."""
+    import os
+
+    nr = _SYS_SECCOMP.get(os.uname().machine)
+    if nr is None:
+        raise OSError(f"no seccomp syscall number known for {os.uname().machine}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS) failed")
+    if libc.syscall(ctypes.c_long(nr), ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
+                    ctypes.c_long(_SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(prog)) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp(SET_MODE_FILTER) failed")

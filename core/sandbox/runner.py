@@ -60,7 +60,8 @@ class SandboxSettings:
     """strict: refuse below `min_level`; auto: run at the best level available and record it; off: in-process,
     no isolation and no timeout (only for tests of trusted code)."""
     workers: int | None = None
-    """Worker processes running at once; default: 4 per core (each waits on the parent half of the time)."""
+    """Worker processes running at once; default: 4 per core (each waits on the parent much of the time), fewer
+    when their memory limits together would exceed half of the memory available."""
     audit: bool = True
     """Run a sample of cells twice and refuse the score when any episode differs."""
     audit_cheat_rate: float = 0.02
@@ -238,7 +239,7 @@ class _Evaluation:
         sel = selectors.DefaultSelector()
         pending = list(reversed(jobs))
         active: dict[int, _Job] = {}
-        width = max(1, self.settings.workers or 4 * (os.cpu_count() or 1))
+        width = max(1, self.settings.workers or default_width(self.settings.memory_mb))
         try:
             while pending or active:
                 while pending and len(active) < width:
@@ -253,8 +254,11 @@ class _Evaluation:
                                 "done)", None, "timeout")
                 for key, _ in sel.select(timeout=remaining):
                     job = active[key.fd]
-                    if self.feed(job):
+                    open_ = self.feed(job)
+                    if open_ and job.state != "finished":
                         continue
+                    # Done once its last reply is written: the worker exits on its own (the zygote reaps it),
+                    # and its slot goes to the next cell without waiting for that.
                     sel.unregister(key.fd)
                     del active[key.fd]
                     assert job.worker is not None
@@ -378,6 +382,18 @@ class _Evaluation:
             return ""
         self.zygote.close()
         return self.zygote.err.text().strip() if self.settings.keep_output else ""
+
+
+def default_width(memory_mb: int) -> int:
+    """Workers at once: 4 per core, capped so that all of them at their memory limit fit in half the memory
+    available (a memory bomb in every worker must not push the machine into swap)."""
+    cores = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo") as f:
+            avail_mb = next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 2 * cores
+    return max(1, min(4 * cores, avail_mb // 2 // max(1, memory_mb)))
 
 
 def _failure(msg: dict[str, Any]) -> _Stop:
