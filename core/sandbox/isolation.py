@@ -145,7 +145,7 @@ def clean_leftovers(tmp: str | None = None) -> list[str]:
     that made them: removed once that process is gone) and the scratch folders of releases whose workers had one
     (`autotts-sbx-*`, removed an hour after their last change)."""
     tmp = tmp or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(tmp)
     except OSError:
