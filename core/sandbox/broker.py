@@ -43,6 +43,20 @@ class BrokerProtocolError(Exception):
 
 
 @njit(cache=True, nogil=True)
+def _local_id(s, a, lmap, nloc, new_ids, n_new):
+    """Episode s's id for vocabulary answer a, giving the next one (and noting it in new_ids) the first time."""
+    lid = lmap[s, a]
+    if lid < 0:
+        lid = nloc[s]
+        lmap[s, a] = lid
+        nloc[s] = lid + 1
+        new_ids[n_new, 0] = s
+        new_ids[n_new, 1] = a
+        n_new += 1
+    return lid, n_new
+
+
+@njit(cache=True, nogil=True)
 def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_ids, branch_offsets,
             probe_offsets, probe_answers, branch_final, branch_tokens, interval, out):
     """Perform every call of one tick. Returns (words written to `out`, new ids written, status): status is a
@@ -123,15 +137,7 @@ def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_
                         a = branch_final[g]
                         cost[s] += max(0, branch_tokens[g])
                 if op != 3:
-                    lid = lmap[s, a]
-                    if lid < 0:
-                        lid = nloc[s]
-                        lmap[s, a] = lid
-                        nloc[s] = lid + 1
-                        new_ids[n_new, 0] = s
-                        new_ids[n_new, 1] = a
-                        n_new += 1
-                    out[w] = lid
+                    out[w], n_new = _local_id(s, a, lmap, nloc, new_ids, n_new)
                     w += 1
                 if op != 2 and op != 10:
                     if op == 0 or op == 7 or op == 3:
@@ -193,15 +199,7 @@ def _answer(flat, slot_q, closed, perm, n_br, depth, nxt, cost, lmap, nloc, new_
                         else:
                             a = branch_final[g]
                     if op == 1 or op == 8 or op == 5:
-                        lid = lmap[s, a]
-                        if lid < 0:
-                            lid = nloc[s]
-                            lmap[s, a] = lid
-                            nloc[s] = lid + 1
-                            new_ids[n_new, 0] = s
-                            new_ids[n_new, 1] = a
-                            n_new += 1
-                        out[w] = lid
+                        out[w], n_new = _local_id(s, a, lmap, nloc, new_ids, n_new)
                         w += 1
                     if op != 5:
                         out[w] = 1 if depth[s, i] > n else 0
