@@ -10,6 +10,7 @@ This loads code into the current process: only for trusted files. Untrusted cand
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import sys
@@ -62,6 +63,15 @@ def find_controller_class(module: ModuleType) -> Any:
     raise ControllerSpecError("no controller found: define a class with a solve(question) method")
 
 
+@functools.lru_cache(maxsize=64)
+def _parameters(factory: Any) -> tuple[Any, bool]:
+    """The constructor's parameters and whether it takes **kwargs. Cached: `inspect.signature` of a class without
+    its own `__init__` tokenizes and compiles a text signature, a millisecond per call, and the sandbox builds a
+    fresh controller for every episode."""
+    params = inspect.signature(factory).parameters
+    return params, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def instantiate(target: Any, options: dict[str, Any]) -> Any:
     """Build the controller with the spec's options, as keyword arguments or as the paper's `config` dict."""
     if not inspect.isclass(target):
@@ -69,8 +79,7 @@ def instantiate(target: Any, options: dict[str, Any]) -> Any:
             raise ControllerSpecError("a module-level solve() takes no options; define a class to accept them")
         return target
     factory: Any = target  # a class of the controller file: its parameters are known only at run time
-    params = inspect.signature(factory).parameters
-    accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    params, accepts_kwargs = _parameters(factory)
     if all(k in params for k in options) or accepts_kwargs:
         return factory(**options)
     if "config" in params:
