@@ -18,7 +18,7 @@ HELDOUT = "synth/omega"
 
 def make_study(folder: Path, *, n_questions: int = 6, n_branches: int = 96, n_seeds: int = 6,
                betas: tuple[float, ...] = (0.0, 0.5, 1.0), timeout_s: float = 120.0, level: str = "auto",
-               n_search: int = 2) -> Study:
+               n_search: int = 2, memory_mb: int = 2048) -> Study:
     """Two small synthetic search environments and one held-out one, written under `folder/data`."""
     data = folder.parent / (folder.name + "-data")
     paths = []
@@ -28,7 +28,7 @@ def make_study(folder: Path, *, n_questions: int = 6, n_branches: int = 96, n_se
     held = save_environment(generate(n_questions=n_questions, n_branches=n_branches, seed=999, model="synth",
                                      benchmark="omega"), data / "omega.json.gz")
     return Study.create(folder, search=paths, heldout=[held], betas=betas, n_seeds=n_seeds,
-                        sandbox={"timeout_s": timeout_s, "level": level})
+                        sandbox={"timeout_s": timeout_s, "level": level, "memory_mb": memory_mb})
 
 
 def text(result: Any) -> str:
