@@ -125,9 +125,9 @@ def anyio_backend():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad") / "study"
-    # 768 MB per worker: the memory bombs reach the limit in every concurrent worker quickly, even on a busy machine
+    # 512 MB per worker (a worker starts at about 190 MB): memory bombs reach the limit quickly even on a busy machine
     study = make_study(folder, n_search=1, n_questions=N_Q, n_seeds=N_SEEDS, betas=(0.0, 0.5), timeout_s=TIMEOUT_S,
-                       memory_mb=768)
+                       memory_mb=512)
     study.sandbox["memory_mb"] = 768
     svc = DiscoveryService(study)
     server = build_server(svc)
