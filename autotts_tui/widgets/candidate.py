@@ -29,7 +29,7 @@ class CandidatePane(Vertical):
     can_focus = True
     BINDINGS = [Binding("d", "toggle_diff", "Source/diff")]
     DEFAULT_CSS = """
-    CandidatePane #cand-summary { height: auto; max-height: 3; }
+    CandidatePane #cand-summary { height: auto; max-height: 5; }
     CandidatePane #cand-code { height: 2fr; border: round $primary-background-lighten-2; }
     CandidatePane #cand-results { height: 1fr; min-height: 5; }
     CandidatePane #cand-error { height: 1fr; min-height: 5; border: round $error; display: none; }
