@@ -7,6 +7,7 @@ HTTP layer, the click app, the MCP tools, the sandbox, the run store and the hel
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def test_budget_cap_stops_the_loop(api_env, study):
         res2 = discover(study, fake2, "--rounds", "1", "--budget-usd", "0.01", "--new")
     assert res2.exit_code == 0, res2.output
     assert fake2.requests == [] and "budget:" in res2.stderr
-    assert "No round produced a scored candidate" in res2.stdout
+    assert "No round produced a scored full-grid candidate" in res2.stdout
 
     # A budget needs a price for the model.
     res3 = CliRunner().invoke(main, ["discover", str(study.folder), "--model", "mystery-model", "--budget-usd", "1",
@@ -376,7 +377,7 @@ def test_budget_just_above_one_rounds_cost_runs_that_round(api_env, tmp_path):
     sessions, rounds, _, (spent, calls) = session_rows(second)
     (r1,) = rounds[sessions[0].id]
     assert (r1.status, r1.candidate, calls) == ("done", 1, 2) and sessions[0].status == "budget"
-    assert spent.cost_usd == pytest.approx(one_round) and spent.cost_usd <= budget
+    assert spent.cost_usd == pytest.approx(one_round, rel=0.01) and spent.cost_usd <= budget  # + the budget line
 
 
 TWIN = EXAMPLE_CONTROLLER.replace("class ConfidentVote", "class ConfidentTwin")  # same behaviour, other source
@@ -411,7 +412,8 @@ def test_two_explorers_share_the_study_and_tie_within_noise(api_env, study):
         (outcomes,) = log.explorers(sid).values()
     assert [(o.explorer, o.candidate) for o in outcomes] == [(1, 1), (2, 2)]
     assert outcomes[1].runs == [1, 2] and outcomes[1].lesson == "A renamed twin behaves the same."
-    assert "explorer 1: r0001 'confident vote' (best-of-round)" in res.stderr
+    # r0001 carries the name of whichever explorer's call evaluated it first
+    assert re.search(r"explorer 1: r0001 '(confident vote|same source)' \(best-of-round\)", res.stderr)
     assert "explorer 2: r0002 'twin' (named)" in res.stderr
     out = res.stdout
     assert "round 1: explorer 1 → r0001 (1 run(s)); explorer 2 → r0002 (2 run(s))" in out
