@@ -30,18 +30,23 @@ from core.errors import AutoTTSError
                    '{"model": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}.')
 @click.option("--max-tokens", default=8192, show_default=True, type=click.IntRange(256, 128_000),
               help="Output cap of each explorer reply.")
+@click.option("--expected-reply-tokens", type=click.IntRange(1), default=None, metavar="N",
+              help="Reply size --budget-usd reserves before each call (default: the longest reply so far).")
+@click.option("--explorers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Parallel explorer conversations per round, sharing the study and the round's brief.")
+@click.option("--brief-chars", default=16_000, show_default=True, type=click.IntRange(2_000, 200_000),
+              help="Character budget of each round's brief.")
 @click.option("--max-turns-per-round", default=12, show_default=True, type=click.IntRange(1, 200),
               help="Explorer replies (API calls) per round.")
 @click.option("--max-tool-calls-per-round", default=16, show_default=True, type=click.IntRange(0, 500),
               help="Tool calls (run_controller, inspect_trace, …) per round.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 20),
-              help="Best candidates whose code, curve and trace digest each round's brief shows.")
-@click.option("--select", "select_mode", default="accuracy", show_default=True,
-              type=click.Choice(["accuracy", "objective"]),
-              help="accuracy: highest search accuracy at its best β (the paper's rule); objective: maximise "
-                   "accuracy − γ·tokens over every (candidate, β).")
-@click.option("--gamma", type=click.FloatRange(0), default=None, metavar="G",
-              help="With --select objective: accuracy points traded per token (1e-5 = one point per 100k tokens).")
+              help="Best candidates whose code, curve and per-environment weaknesses each round's brief shows.")
+@click.option("--select", "select_mode", default="objective", show_default=True,
+              type=click.Choice(["objective", "accuracy"]),
+              help="objective: fewest tokens to reach SC@64's accuracy, differences within the seeds' standard "
+                   "error tied and won by the cheaper; accuracy: highest search accuracy at its best β (the "
+                   "paper's rule).")
 @click.option("--new", "new_session", is_flag=True, help="Start a new session instead of continuing the latest.")
 @click.option("--no-heldout", is_flag=True, help="Skip the held-out evaluation of the selected controller.")
 @click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(1, 3600),
@@ -55,8 +60,9 @@ from core.errors import AutoTTSError
 @click.option("-v", "--verbose", is_flag=True, help="Log API retries and tool calls to stderr.")
 @click.pass_context
 def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: int, budget_usd: float | None,
-                     base_url: str | None, prices_file: str | None, max_tokens: int, max_turns_per_round: int,
-                     max_tool_calls_per_round: int, top_k: int, select_mode: str, gamma: float | None,
+                     base_url: str | None, prices_file: str | None, max_tokens: int,
+                     expected_reply_tokens: int | None, explorers: int, brief_chars: int, max_turns_per_round: int,
+                     max_tool_calls_per_round: int, top_k: int, select_mode: str,
                      new_session: bool, no_heldout: bool, timeout: float, max_retries: int, retry_base_s: float,
                      as_json: bool, quiet: bool, verbose: bool) -> None:
     """Discover a controller for STUDY unattended: ROUNDS rounds of propose → evaluate → inspect traces, then select
@@ -72,10 +78,6 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
       autotts discover ./autotts-study --model my-model --base-url http://localhost:8080 --prices prices.json
     """
     _configure_logging(verbose)
-    if select_mode == "objective" and gamma is None:
-        raise click.UsageError("--select objective needs --gamma G (accuracy points per token, e.g. 1e-5)")
-    if gamma is not None and select_mode != "objective":
-        raise click.UsageError("--gamma applies to --select objective only")
     from core.discovery.service import DiscoveryService
     from mcp_server.discover.client import Explorer, RetryPolicy
     from mcp_server.discover.loop import DiscoverOptions, DiscoveryLoop
@@ -93,8 +95,9 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
     if prices.price(model) is None:
         echo(f"note: no price for model '{model}'; its cost is counted as $0 (pass --prices FILE)")
     options = DiscoverOptions(model=model, rounds=rounds, budget_usd=budget_usd, max_tokens=max_tokens,
-                              max_turns=max_turns_per_round, max_tool_calls=max_tool_calls_per_round, top_k=top_k,
-                              new_session=new_session)
+                              expected_reply_tokens=expected_reply_tokens, max_turns=max_turns_per_round,
+                              max_tool_calls=max_tool_calls_per_round, top_k=top_k, explorers=explorers,
+                              select=select_mode, brief_chars=brief_chars, new_session=new_session)
     with _study_lock(study.folder):
         svc = DiscoveryService(study)
         loop = DiscoveryLoop(svc, explorer, prices, options, echo=echo)
@@ -113,7 +116,7 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
         stored = session.report if session is not None else None
         sel = (stored or {}).get("selection") or {}
         reuse = (outcome.status == "nothing-to-do" and stored is not None
-                 and sel.get("mode", select_mode) == select_mode and (gamma is None or sel.get("gamma") == gamma)
+                 and sel.get("mode", select_mode) == select_mode
                  and (no_heldout or stored.get("heldout") is not None or not study.heldout))
         if reuse:
             doc = stored
@@ -122,8 +125,7 @@ def discover_command(ctx: click.Context, study_folder: str, model: str, rounds: 
                 echo(f"selecting the final controller and evaluating it on {len(study.heldout)} held-out "
                      "environment(s)…")
             try:
-                doc = build_report(svc, outcome.session, mode=select_mode, gamma=gamma or 0.0,
-                                   heldout=not no_heldout)
+                doc = build_report(svc, outcome.session, mode=select_mode, heldout=not no_heldout)
             except KeyboardInterrupt:
                 click.echo("\ninterrupted while reporting: every round is saved; run the same command again for "
                            "the report", err=True)

@@ -7,20 +7,21 @@ import email.utils
 import random
 import sqlite3
 import time
-from types import SimpleNamespace
 
 import anyio
+import numpy as np
 import pytest
 from fake_anthropic import Err, FakeAnthropic, message, text
 from mcp_helpers import make_study
 
-from core.discovery.log import DiscoveryLog
-from core.discovery.records import BestPoint, BetaSummary, DiscoveryCall, Run, RunSummary, Usage
-from core.discovery.service import DiscoveryService
+from core.discovery.log import DiscoveryLog, ExplorerOutcome
+from core.discovery.records import DiscoveryCall, EpisodeArrays, ResultRow, Run, Usage
+from core.discovery.service import DiscoveryService, cmc_spec
 from core.discovery.store import MIGRATIONS, SCHEMA_VERSION, RunStore, RunStoreError
 from mcp_server import tools
 from mcp_server.discover.client import Explorer, ExplorerError, RetryPolicy, _retry_after
 from mcp_server.discover.context import RoundLimits, round_brief, system_prompt
+from mcp_server.discover.judge import score_run
 from mcp_server.discover.loop import FINAL_RE, _code_block
 from mcp_server.discover.pricing import Price, PriceTable, PricingError
 from mcp_server.discover.report import select_final
@@ -130,11 +131,12 @@ def test_discovery_log_records(tmp_path):
     log.record_call(DiscoveryCall(sid, 1, "m", "tool_use", Usage(10, 2, 3, 4, 0.5), 1.0, 0))
     log.tag_run(rid, sid, 1)
     log.record_call(DiscoveryCall(sid, 1, "m", "end_turn", Usage(1, 1, 0, 0, 0.25), 1.0, 2))  # cut short, redone
-    row = log.complete_round(sid, 1, status="done", candidate=rid, how="last-run", started=time.time(), turns=2,
-                             tool_calls=1, note="n", run_ids=[rid])
+    outcome = ExplorerOutcome(1, rid, "last-run", 2, 1, [rid], "what I learned", "n")
+    row = log.complete_round(sid, 1, status="done", candidate=rid, how="last-run", started=time.time(),
+                             explorers=[outcome], note="n")
     assert row.usage == Usage(11, 3, 3, 4, pytest.approx(0.75)) and log.last_round(sid) == 1
     assert (row.candidate, row.how, row.turns, row.tool_calls, row.note) == (rid, "last-run", 2, 1, "n")
-    assert log.rounds(sid) == [row]
+    assert log.rounds(sid) == [row] and log.explorers(sid) == {1: [outcome]} and log.max_output_tokens(sid) == 2
     log.tag_run(rid, "d0002", 9)  # a duplicate keeps its first round
     assert log.run_rounds() == {rid: (sid, 1)}
     log.update_session(sid, status="done", report={"x": 1})
@@ -145,28 +147,55 @@ def test_discovery_log_records(tmp_path):
 
 
 # ----- selection -------------------------------------------------------------------------------------------------
-def _scored(store, name, per_beta, monotone=True, status="ok"):
-    summary = RunSummary(per_beta=[BetaSummary(b, a, t) for b, a, t in per_beta], best=BestPoint(*per_beta[-1]),
-                         monotone=monotone)
-    return store.record_run(Run(name=name, source=name, status=status, created=0, finished=0,
-                                betas=[b for b, _, _ in per_beta], envs=["e"], summary=summary))
+def _crafted(svc, name, *, betas=None, flip_seed0=0, seed0_tokens=0, scale=1.0, wrong=False):
+    """A scored run recorded straight into the store: CMC's episodes at each β, with `flip_seed0` answers of seed 0
+    flipped, `seed0_tokens` added to seed 0's episodes, every token count scaled by `scale` (`wrong`: no answer
+    right)."""
+    env = svc.study.search_envs()[0]
+    betas = list(betas or svc.study.betas)
+    rows = []
+    for b in betas:
+        base = svc.baseline(env, cmc_spec(b)).episodes
+        correct, tokens = base.correct.copy(), np.round(base.tokens * scale).astype(np.int64)
+        correct[0, :flip_seed0] = ~correct[0, :flip_seed0]
+        correct &= not wrong
+        tokens[0] += seed0_tokens
+        rows.append(ResultRow(env.name, b, round(100 * float(correct.mean()), 2), float(tokens.mean()),
+                              EpisodeArrays(base.seeds, base.answers, tokens, correct)))
+    summary = svc.summarise(rows, [env], betas)
+    return svc.store.record_run(Run(name=name, source=name, status="ok", created=0, finished=0, betas=betas,
+                                    envs=[env.name], summary=summary), rows)
 
 
-def test_select_final_rules(tmp_path):
-    store = RunStore(tmp_path / "runs.sqlite")
-    svc = SimpleNamespace(store=store)
-    a = _scored(store, "a", [(0.0, 40.0, 100_000), (1.0, 50.0, 300_000)])
-    b = _scored(store, "b", [(0.0, 45.0, 50_000), (0.5, 50.0, 200_000)])
-    c = _scored(store, "c", [(0.0, 70.0, 10_000)], monotone=False)
-    d = _scored(store, "d", [(0.0, 99.0, 1)], status="error")
-    sel = select_final(svc, [a, b, c, d, None, a])
-    assert (sel.run_id, sel.beta, sel.accuracy, sel.candidates, sel.eligible) == (b, 0.5, 50.0, 4, 2)
-    obj = select_final(svc, [a, b], "objective", gamma=1e-4)   # 45 − 5 beats 50 − 20 and 40 − 10
-    assert (obj.run_id, obj.beta) == (b, 0.0) and obj.score == pytest.approx(40.0)
-    assert select_final(svc, [a, b], "objective", gamma=0.0).beta == 0.5
-    only_bad = select_final(svc, [c, d])
-    assert only_bad.run_id == c and "monotone" in only_bad.note
-    assert select_final(svc, [d]) is None and select_final(svc, []) is None
+def test_select_final_ties_within_noise(svc):
+    a = _crafted(svc, "a")
+    b = _crafted(svc, "b", flip_seed0=1, seed0_tokens=-50)   # one seed differs: within noise, and cheaper
+    sel = select_final(svc, [a, b])
+    assert sel.mode == "objective" and sel.run_id == b and sel.eligible == 2
+    (tie,) = sel.ties
+    assert tie.within_noise and tie.run == f"r{(a if sel.leader == f'r{b:04d}' else b):04d}"
+    assert abs(tie.diff) < 2 * tie.se and "tie within noise" in sel.note
+    cheap = _crafted(svc, "cheap", scale=0.5)                # every seed cheaper: first or the cheapest of a tie
+    assert select_final(svc, [a, b, cheap]).run_id == cheap
+    worse = _crafted(svc, "worse", wrong=True)  # never reaches SC@64: ranked after, never tied
+    sel = select_final(svc, [worse, a])
+    assert sel.run_id == a and sel.ties == [] and not score_run(svc, worse).objective.reached
+    paper = select_final(svc, [a, b], "accuracy")            # the paper's rule: reports the margin, does not act
+    assert paper.mode == "accuracy" and len(paper.ties) == 1 and paper.ties[0].within_noise
+    assert "within noise; the paper's rule does not act on it" in paper.note
+
+
+def test_select_final_leaves_out_probes_and_failures(svc):
+    probe = _crafted(svc, "probe", betas=[0.5])
+    assert select_final(svc, [probe, None]) is None
+    full = _crafted(svc, "full")
+    sel = select_final(svc, [probe, full])
+    assert sel.run_id == full and sel.candidates == 2 and "1 probe(s)" in sel.note
+    bad = svc.store.record_run(Run(name="bad", source="bad", status="error", created=0, finished=0, betas=[],
+                                   envs=[]))
+    assert select_final(svc, [bad]) is None
+    with pytest.raises(ValueError):
+        select_final(svc, [full], "gamma")
 
 
 def test_final_line_and_code_block_parsing():
@@ -206,7 +235,7 @@ def test_round_brief_is_bounded(svc):
     padding = "\n".join(f"# padding line {i} " + "x" * 80 for i in range(150))
     for i in range(3):
         code = EXAMPLE_CONTROLLER.replace("class ConfidentVote", f"class Vote{i}") + padding
-        assert tools.run_controller(svc, code, name=f"v{i}", betas=[0.5]).status == "ok"
+        assert tools.run_controller(svc, code, name=f"v{i}").status == "ok"
     log = DiscoveryLog(svc.store)
     sid = log.new_session("m", 5, {})
     full = round_brief(svc, log, sid, 2, 5, RoundLimits(12, 16), top_k=3)

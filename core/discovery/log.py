@@ -6,13 +6,19 @@ round becomes durable in ONE transaction (`complete_round`): its row, its totals
 tool calls evaluated. Resuming means starting after the last recorded round; calls of an interrupted attempt
 stay on the bill of the round that is then redone.
 
-Readers open the store read-only and use `sessions`, `rounds` and `run_rounds`, which return the records of
-`core.discovery.records`; nothing here imports an LLM SDK, so the loop lives outside `core`.
+A round may run several explorer conversations in parallel (`autotts discover --explorers K`); what each one
+submitted and learned is an `ExplorerOutcome`. They are kept in the round row's `note` column as a JSON document
+`{"ended": why the round ended, "explorers": [...]}` (the schema is unchanged; a plain-text note of an older
+round reads as one explorer whose lesson is the closing words after its " — ").
+
+Readers open the store read-only and use `sessions`, `rounds`, `explorers` and `run_rounds`, which return typed
+records; nothing here imports an LLM SDK, so the loop lives outside `core`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -22,6 +28,31 @@ from core.discovery.store import RunStore
 
 _SUM = ("COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), COALESCE(SUM(cache_write_tokens),0), "
         "COALESCE(SUM(cache_read_tokens),0), COALESCE(SUM(cost_usd),0), COUNT(*)")
+
+
+@dataclass(frozen=True)
+class ExplorerOutcome:
+    """What one explorer conversation of a round submitted and learned."""
+
+    explorer: int
+    """1..K within the round."""
+    candidate: int | None
+    """The run it submitted (after completion to the full β grid), or None."""
+    how: str
+    """named | best-of-round | last-run | from-reply | none, plus ", completed from rNNNN" when the loop re-ran a
+    probe on the full grid."""
+    turns: int = 0
+    tool_calls: int = 0
+    runs: list[int] = field(default_factory=list)
+    """Runs its tool calls evaluated (or found as duplicates), in order."""
+    lesson: str = ""
+    """Its closing words: what it tried and learned (bounded by the loop)."""
+    ended: str = ""
+    """Why its conversation ended."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExplorerOutcome:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class DiscoveryLog:
@@ -101,11 +132,21 @@ class DiscoveryLog:
             db.execute("INSERT OR IGNORE INTO discovery_runs (run_id, session, round) VALUES (?,?,?)",
                        (int(run_id), sid, int(round_no)))
 
+    def max_output_tokens(self, sid: str) -> int | None:
+        """The longest reply (output tokens) of a session so far, or None before its first call."""
+        with self.store.reading() as db:
+            r = db.execute("SELECT MAX(output_tokens) FROM discovery_calls WHERE session=?", (sid,)).fetchone()
+        return None if r[0] is None else int(r[0])
+
     def complete_round(self, sid: str, round_no: int, *, status: str, candidate: int | None, how: str,
-                       started: float, turns: int, tool_calls: int, note: str | None,
-                       run_ids: list[int]) -> DiscoveryRound:
-        """Make a round durable in one transaction: its row (totals summed from its calls) and its run tags."""
+                       started: float, explorers: list[ExplorerOutcome], note: str) -> DiscoveryRound:
+        """Make a round durable in one transaction: its row (totals summed from its calls; turns and tool calls
+        over its explorers), what each explorer submitted and learned, and its run tags."""
         usage, _ = self.spent(sid, round_no)
+        run_ids = list(dict.fromkeys(r for e in explorers for r in e.runs))
+        turns = sum(e.turns for e in explorers)
+        tool_calls = sum(e.tool_calls for e in explorers)
+        doc = _dumps({"ended": note, "explorers": [asdict(e) for e in explorers]})
         with self.store.transaction() as db:
             for rid in run_ids:
                 db.execute("INSERT OR IGNORE INTO discovery_runs (run_id, session, round) VALUES (?,?,?)",
@@ -116,12 +157,25 @@ class DiscoveryLog:
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (sid, round_no, status, candidate, how, started, time.time(), turns, tool_calls,
                  usage.input_tokens, usage.output_tokens, usage.cache_write_tokens, usage.cache_read_tokens,
-                 usage.cost_usd, note))
+                 usage.cost_usd, doc))
             db.execute("UPDATE discovery_sessions SET updated=? WHERE id=?", (time.time(), sid))
         return self.rounds(sid)[-1]
 
     def rounds(self, sid: str) -> list[DiscoveryRound]:
-        """A session's completed rounds, in order."""
+        """A session's completed rounds, in order (`note`: why the round ended)."""
+        return [replace(rd, note=_note(rd.note)[0]) for rd in self._raw_rounds(sid)]
+
+    def explorers(self, sid: str) -> dict[int, list[ExplorerOutcome]]:
+        """round -> what each of its explorers submitted and learned."""
+        out = {}
+        for rd in self._raw_rounds(sid):
+            ended, found = _note(rd.note)
+            out[rd.round] = found if found is not None else [ExplorerOutcome(
+                1, rd.candidate, rd.how, rd.turns, rd.tool_calls, [] if rd.candidate is None else [rd.candidate],
+                ended.split(" — ", 1)[1] if " — " in ended else "", ended.split(" — ", 1)[0])]
+        return out
+
+    def _raw_rounds(self, sid: str) -> list[DiscoveryRound]:
         return [DiscoveryRound.from_dict(r)
                 for r in self._rows("SELECT * FROM discovery_rounds WHERE session=? ORDER BY round", (sid,))]
 
@@ -140,6 +194,17 @@ class DiscoveryLog:
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _note(text: str | None) -> tuple[str, list[ExplorerOutcome] | None]:
+    """(why the round ended, its explorers) from a note column; a plain-text note has no explorer list."""
+    if text and text.startswith("{"):
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text, None
+        return str(doc.get("ended") or ""), [ExplorerOutcome.from_dict(e) for e in doc.get("explorers") or []]
+    return text or "", None
 
 
 def _session(row: dict[str, Any]) -> DiscoverySession:

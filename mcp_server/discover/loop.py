@@ -1,10 +1,18 @@
-"""The unattended discovery loop: R rounds of propose → evaluate → read traces → submit, with an explorer model.
+"""The unattended discovery loop: R rounds of propose → evaluate → read traces → submit, with explorer models.
 
-A round is one fresh conversation. It opens with `context.round_brief` (the record so far); the explorer calls the
-study's tools (`toolbox`) as often as the round's limits allow, and ends its turn naming a run (`FINAL: r0012`).
-The round's candidate is that run if this round evaluated it; otherwise the best-scoring run of the round; else
-its last run; else a ```python block of the closing reply, evaluated by the loop. Then the round is written to
-the run store in one transaction (`DiscoveryLog.complete_round`) — a completed round is durable.
+A round is K fresh conversations (`--explorers K`, default 1), run in parallel threads, each opened with the same
+`context.round_brief` (the record so far, the earlier rounds' lessons included). Each explorer calls the study's
+tools (`toolbox`) as often as the round's limits allow, and ends its turn naming a run (`FINAL: r0012`). An
+explorer's candidate is that run if its conversation evaluated it; otherwise its best-scoring run; else its last
+run; else a ```python block of its closing reply, evaluated by the loop. A candidate evaluated on fewer β (or
+environments) than the study's full grid is then evaluated on the full grid by the loop — the probe stays a probe,
+the full-grid run is the candidate. The round's candidate is the best of its explorers' candidates by the
+session's selection rule (`report.select_final`). Then the round is written to the run store in one transaction
+(`DiscoveryLog.complete_round`, with each explorer's outcome and closing words) — a completed round is durable.
+
+The explorers share the study: evaluations are serialised by the service, and the duplicate check and the
+evaluation of a `run_controller` call happen under one lock, so that no source is evaluated twice on the same
+grid however the explorers' calls interleave (the second gets the first's run back as a duplicate).
 
 How replies are handled:
 * `tool_use` — every tool_use block gets a tool_result; malformed calls (input not an object, unknown tool,
@@ -15,9 +23,12 @@ How replies are handled:
 * `end_turn`, `stop_sequence`, `refusal` — the round ends.
 
 Money: every response's usage (input, output, cache writes, cache reads) is priced and recorded at once. With a
-budget, each call is preceded by a conservative estimate (`PriceTable.estimate`: the last call's prompt plus what
-was appended since, at the dearest input rate, plus a full max_tokens reply); if spent + estimate would pass the
-cap the loop stops before calling, records a partly done round as `partial`, and goes on to selection.
+budget, each call first reserves its estimate (`PriceTable.estimate`): the prompt — the last call's prompt plus
+what was appended since, about 3 characters a token — at the dearest input rate (a cache miss: no call of that
+prompt can cost more), plus the expected reply: `--expected-reply-tokens`, by default the longest reply of the
+session so far (`FIRST_REPLY_TOKENS` before the first), never more than `max_tokens`. If spent + the reserves of calls in
+flight + this estimate would pass the cap, the explorer stops before calling; a round cut short is recorded as
+`partial`, and the loop goes on to selection.
 
 Resume: the session is the study's latest (`--new` starts another); it continues after its last recorded round.
 A round cut short by a crash or Ctrl-C is redone from its start; its earlier calls stay on the bill.
@@ -26,24 +37,29 @@ A round cut short by a crash or Ctrl-C is redone from its start; its earlier cal
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
-from core.discovery.log import DiscoveryLog
+from core.discovery.log import DiscoveryLog, ExplorerOutcome
 from core.discovery.records import DiscoveryCall, DiscoveryRound, Usage
 from core.discovery.service import DiscoveryService
 from core.discovery.store import RunStoreError, parse_run_id
 from core.errors import AutoTTSError
+from core.objective import is_full_grid
 from mcp_server.discover.client import Explorer, ExplorerError
-from mcp_server.discover.context import RoundLimits, round_brief, system_prompt
+from mcp_server.discover.context import BRIEF_CHARS, RoundLimits, round_brief, system_prompt
 from mcp_server.discover.pricing import PriceTable, PricingError, estimate_tokens
+from mcp_server.discover.report import select_final
 from mcp_server.discover.toolbox import Toolbox
 
 FINAL_RE = re.compile(r"FINAL[*\s]*[:=][*`\s]*r?0*(\d+)", re.IGNORECASE)
+FINAL_LINE_RE = re.compile(r"^.*FINAL[*\s]*[:=].*$", re.IGNORECASE | re.MULTILINE)
 CODE_RE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 CUT_TOOL = ("your reply was cut off by the max_tokens limit before this call was complete, so it was not run; send "
@@ -52,6 +68,13 @@ CONTINUE = ("(Your reply was cut off by the max_tokens limit.) Continue from whe
             "into a run_controller call rather than into the text.")
 LAST_TURN = ("This is your last reply of this round: do not call tools; summarise in two or three sentences and end "
              "with the line FINAL: r… naming the run you submit.")
+PEERS = ("You are explorer {k} of {n} this round. The others start from the same brief and work on the same study "
+         "in parallel: their runs appear in get_history as they finish, and a source already evaluated comes back as "
+         "a duplicate, so take your own direction.")
+FIRST_REPLY_TOKENS = 1024
+"""The reply a budget reserves before the session's first reply (a tool call with code is about this long)."""
+LESSON_CHARS = 700
+"""An explorer's closing words kept as its lesson (the brief shows them to later rounds)."""
 LIMIT = ("tool-call limit for this round reached ({n}); the call was not run. Reply without tools: summarise and end "
          "with FINAL: r… naming the run you submit.")
 
@@ -69,14 +92,22 @@ class DiscoverOptions:
     budget_usd: float | None = None
     max_tokens: int = 8192
     """Output cap of each explorer reply."""
+    expected_reply_tokens: int | None = None
+    """The reply size a budget reserves per call (None: the longest reply of the session so far)."""
     max_turns: int = 12
-    """Explorer replies (API calls) per round."""
+    """Explorer replies (API calls) per round and explorer."""
     max_tool_calls: int = 16
-    """Tool calls per round."""
+    """Tool calls per round and explorer."""
     max_continuations: int = 2
-    """Cut-off replies (stop_reason max_tokens) in a row before a round is ended."""
+    """Cut-off replies (stop_reason max_tokens) in a row before a conversation is ended."""
     top_k: int = 3
-    """Candidates whose code, curve and trace digest the round brief shows."""
+    """Candidates whose code, curve and per-environment weaknesses the round brief shows."""
+    explorers: int = 1
+    """Parallel explorer conversations per round."""
+    select: str = "objective"
+    """The selection rule that picks a round's candidate among its explorers' (and the session's final one)."""
+    brief_chars: int = BRIEF_CHARS
+    """Character budget of the round brief."""
     new_session: bool = False
 
     def config(self) -> dict[str, Any]:
@@ -85,6 +116,9 @@ class DiscoverOptions:
 
 @dataclass
 class RoundState:
+    """One explorer conversation of a round."""
+
+    explorer: int = 1
     turns: int = 0
     tool_calls: int = 0
     cutoffs: int = 0
@@ -92,6 +126,8 @@ class RoundState:
     texts: list[str] = field(default_factory=list)
     last_prompt: int | None = None
     chars_at_last: int = 0
+    ended: str = ""
+    budget_stop: BudgetStop | None = None
 
 
 @dataclass
@@ -118,7 +154,7 @@ class DiscoveryLoop:
         self.opts = options
         self.echo = echo or (lambda s: None)
         self.log = DiscoveryLog(svc.store)
-        self.limits = RoundLimits(options.max_turns, options.max_tool_calls)
+        self.limits = RoundLimits(options.max_turns, options.max_tool_calls, options.explorers)
         if options.budget_usd is not None and prices.price(options.model) is None:
             raise PricingError(f"no price for model '{options.model}', so --budget-usd cannot be enforced: pass "
                                '--prices FILE with {"' + options.model + '": {"input": …, "output": …}} (USD per '
@@ -127,6 +163,9 @@ class DiscoveryLoop:
         self._tool_defs = self.toolbox.definitions()
         self._system: list[dict[str, Any]] = []
         self._fixed_chars = 0
+        self._eval_guard = threading.Lock()   # duplicate check + evaluation of one run_controller call, atomically
+        self._budget_lock = threading.Lock()
+        self._reserved = 0.0                  # estimates of the calls in flight
 
     # ----- session -------------------------------------------------------------------------------------------------
     def open_session(self) -> tuple[str, int]:
@@ -146,7 +185,8 @@ class DiscoveryLoop:
             return latest.id, done + 1
         sid = self.log.new_session(self.opts.model, self.opts.rounds, self._config())
         self.echo(f"new discovery session {sid}: {self.opts.rounds} round(s) with {self.opts.model} "
-                  f"via {self.explorer.endpoint}")
+                  f"via {self.explorer.endpoint}"
+                  + (f", {self.opts.explorers} explorers per round" if self.opts.explorers > 1 else ""))
         return sid, 1
 
     def _config(self) -> dict[str, Any]:
@@ -185,38 +225,60 @@ class DiscoveryLoop:
     # ----- one round -----------------------------------------------------------------------------------------------
     def run_round(self, sid: str, r: int) -> DiscoveryRound:
         started = time.time()
-        st = RoundState()
         spent, _ = self.log.spent(sid)
         budget = None
         if self.opts.budget_usd is not None:
             budget = f"Budget: ${spent.cost_usd:.2f} of ${self.opts.budget_usd:.2f} spent."
         brief = round_brief(self.svc, self.log, sid, r, self.opts.rounds, self.limits, top_k=self.opts.top_k,
-                            budget=budget)
-        messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": brief}]}]
-        self.echo(f"round {r}/{self.opts.rounds}: asking {self.opts.model}…")
-        status, note = "done", ""
+                            budget=budget, max_chars=self.opts.brief_chars)
+        n = self.opts.explorers
+        states = [RoundState(explorer=k) for k in range(1, n + 1)]
+        self.echo(f"round {r}/{self.opts.rounds}: asking {self.opts.model}"
+                  + (f" ({n} explorers in parallel)…" if n > 1 else "…"))
+        if n == 1:  # in the main thread, so that Ctrl-C reaches the call in flight at once
+            self._explore(sid, r, brief, states[0])
+        else:
+            with ThreadPoolExecutor(n, thread_name_prefix="explorer") as pool:
+                for fut in [pool.submit(self._explore, sid, r, brief, st) for st in states]:
+                    fut.result()
+        stops = [st.budget_stop for st in states if st.budget_stop is not None]
+        if stops and all(st.turns == 0 for st in states):
+            raise stops[0]
+        row = self._finish_round(sid, r, states, started, "partial" if stops else "done")
+        if stops:
+            raise stops[0]
+        return row
+
+    def _explore(self, sid: str, r: int, brief: str, st: RoundState) -> None:
+        """One explorer's conversation of a round; what it did is left in `st`."""
+        first: list[dict[str, Any]] = [{"type": "text", "text": brief}]
+        if self.opts.explorers > 1:
+            first.append({"type": "text", "text": PEERS.format(k=st.explorer, n=self.opts.explorers)})
+        messages: list[dict[str, Any]] = [{"role": "user", "content": first}]
         try:
-            note = self._converse(sid, r, st, messages)
+            st.ended = self._converse(sid, r, st, messages)
         except BudgetStop as e:
-            if st.turns == 0:
-                raise
-            status, note = "partial", f"stopped by the budget cap: {e}"
-            self._finish_round(sid, r, st, started, status, note)
-            raise
-        return self._finish_round(sid, r, st, started, status, note)
+            st.budget_stop, st.ended = e, f"stopped by the budget cap: {e}"
+
+    def _say(self, st: RoundState, line: str) -> None:
+        self.echo(line if self.opts.explorers == 1 else f"  [explorer {st.explorer}]{line[1:]}")
 
     def _converse(self, sid: str, r: int, st: RoundState, messages: list[dict[str, Any]]) -> str:
-        """The tool loop of one round; returns why it ended."""
+        """The tool loop of one conversation; returns why it ended."""
         while True:
             if st.turns >= self.opts.max_turns:
                 return f"reply limit ({self.opts.max_turns}) reached"
-            self._check_budget(sid, st, messages)
-            reply = self.explorer.create(system=self._system, tools=self._tool_defs, messages=_cache_last(messages),
-                                         max_tokens=self.opts.max_tokens)
-            msg = reply.message
-            usage = self._usage(msg)
-            self.log.record_call(DiscoveryCall(sid, r, self.opts.model, msg.stop_reason, usage, reply.seconds,
-                                               reply.retries))
+            reserved = self._reserve(sid, st, messages)
+            try:
+                reply = self.explorer.create(system=self._system, tools=self._tool_defs,
+                                             messages=_cache_last(messages), max_tokens=self.opts.max_tokens)
+                msg = reply.message
+                usage = self._usage(msg)
+                self.log.record_call(DiscoveryCall(sid, r, self.opts.model, msg.stop_reason, usage, reply.seconds,
+                                                   reply.retries))
+            finally:
+                with self._budget_lock:
+                    self._reserved -= reserved
             st.turns += 1
             st.last_prompt = usage.prompt_tokens
             st.chars_at_last = self._chars(messages)
@@ -229,7 +291,7 @@ class DiscoveryLoop:
             tool_uses = [b for b in msg.content if b.type == "tool_use"]
             if msg.stop_reason == "max_tokens":
                 st.cutoffs += 1
-                self.echo(f"  reply cut off at max_tokens ({self.opts.max_tokens})")
+                self._say(st, f"  reply cut off at max_tokens ({self.opts.max_tokens})")
                 results = [_result(tu.id, CUT_TOOL, True) for tu in tool_uses]
                 if st.cutoffs > self.opts.max_continuations:
                     return f"cut off by max_tokens {st.cutoffs} times in a row"
@@ -250,46 +312,105 @@ class DiscoveryLoop:
         if st.tool_calls >= self.opts.max_tool_calls:
             return _result(tu.id, LIMIT.format(n=self.opts.max_tool_calls), True)
         st.tool_calls += 1
-        out = self.toolbox.call(tu.name, tu.input)
-        run = None
-        if tu.name == "run_controller" and out.run_id:
-            try:
-                run = parse_run_id(out.run_id)
-            except RunStoreError:
-                run = None
+        out = self._call(tu.name, tu.input)
+        run = self._run_of(out.run_id)
         if run is not None:
             st.runs.append(run)
             self.log.tag_run(run, sid, r)
         first = out.text.splitlines()[0] if out.text else ""
-        self.echo(f"  {tu.name}{' ERROR' if out.is_error else ''}: {first[:110]}")
+        self._say(st, f"  {tu.name}{' ERROR' if out.is_error else ''}: {first[:110]}")
         return _result(tu.id, out.text or "(no output)", out.is_error)
 
-    def _finish_round(self, sid: str, r: int, st: RoundState, started: float, status: str, note: str
+    def _call(self, name: str, arguments: Any) -> Any:
+        if name != "run_controller":
+            return self.toolbox.call(name, arguments)
+        with self._eval_guard:
+            return self.toolbox.call(name, arguments)
+
+    @staticmethod
+    def _run_of(run_id: str | None) -> int | None:
+        if not run_id:
+            return None
+        try:
+            return parse_run_id(run_id)
+        except RunStoreError:
+            return None
+
+    def _finish_round(self, sid: str, r: int, states: list[RoundState], started: float, status: str
                       ) -> DiscoveryRound:
+        outcomes = [self._outcome(r, st) for st in states]
+        cands = list(dict.fromkeys(o.candidate for o in outcomes if o.candidate is not None))
+        cand, how = None, "none"
+        if len(cands) == 1:
+            cand = cands[0]
+        elif cands:
+            sel = select_final(self.svc, list(cands), self.opts.select)
+            cand = sel.run_id if sel is not None else cands[0]
+        if cand is not None:
+            how = next(o.how for o in outcomes if o.candidate == cand)
+            if len(outcomes) > 1:
+                how = f"explorer {next(o.explorer for o in outcomes if o.candidate == cand)}: {how}"
+        ended = "; ".join(f"explorer {o.explorer}: {o.ended}" for o in outcomes) if len(outcomes) > 1 \
+            else outcomes[0].ended
+        row = self.log.complete_round(sid, r, status=status, candidate=cand, how=how, started=started,
+                                      explorers=outcomes, note=ended)
+        total, _ = self.log.spent(sid)
+        if len(outcomes) > 1:
+            for o in outcomes:
+                self.echo(f"  explorer {o.explorer}: {self._describe(o.candidate, o.how)} · {o.turns} replies, "
+                          f"{o.tool_calls} tool calls, {len(o.runs)} run(s)")
+        self.echo(f"round {r}/{self.opts.rounds} {status}: {self._describe(cand, how)} · {row.turns} replies, "
+                  f"{row.tool_calls} tool calls · ${row.usage.cost_usd:.4f} (total ${total.cost_usd:.4f})")
+        return row
+
+    def _describe(self, cand: int | None, how: str) -> str:
+        if cand is None:
+            return "no candidate"
+        run = self.svc.store.run(cand, with_source=False)
+        best = run.summary.best if run.status == "ok" and run.summary is not None else None
+        return f"{run.run_id} '{run.name[:30]}' ({how})" + (
+            f" {best.accuracy:.2f}% at {best.avg_tokens:,.0f} tokens (β={best.beta:g})" if best
+            else f" {run.status}")
+
+    def _outcome(self, r: int, st: RoundState) -> ExplorerOutcome:
+        """An explorer's candidate (completed to the full β grid) and its closing words."""
         cand, how = self._pick(st)
         if cand is None and not st.runs and st.texts:
             code = _code_block(st.texts)
             if code is not None:
-                out = self.toolbox.call("run_controller", {"code": code, "name": f"round {r} reply"})
-                if out.run_id:
-                    cand, how = parse_run_id(out.run_id), "from-reply"
-                    st.runs.append(cand)
-        closing = st.texts[-1] if st.texts else ""
-        full_note = note + (f" — {closing[:600]}" if closing else "")
-        row = self.log.complete_round(sid, r, status=status, candidate=cand, how=how, started=started,
-                                      turns=st.turns, tool_calls=st.tool_calls, note=full_note,
-                                      run_ids=list(dict.fromkeys(st.runs)))
-        total, _ = self.log.spent(sid)
-        what = "no candidate"
+                out = self._call("run_controller", {"code": code, "name": f"round {r} reply"})
+                run = self._run_of(out.run_id)
+                if run is not None:
+                    cand, how = run, "from-reply"
+                    st.runs.append(run)
         if cand is not None:
-            run = self.svc.store.run(cand, with_source=False)
-            best = run.summary.best if run.status == "ok" and run.summary is not None else None
-            what = f"{run.run_id} '{run.name[:30]}' ({how})" + (
-                f" {best.accuracy:.2f}% at {best.avg_tokens:,.0f} tokens (β={best.beta:g})" if best
-                else f" {run.status}")
-        self.echo(f"round {r}/{self.opts.rounds} {status}: {what} · {st.turns} replies, {st.tool_calls} tool calls · "
-                  f"${row.usage.cost_usd:.4f} (total ${total.cost_usd:.4f})")
-        return row
+            full = self._complete(cand)
+            if full != cand:
+                how = f"{how}, completed from r{cand:04d}"
+                cand = full
+                st.runs.append(full)
+        closing = st.texts[-1] if st.texts else ""
+        lesson = FINAL_LINE_RE.sub("", closing).strip()
+        if len(lesson) > LESSON_CHARS:
+            lesson = lesson[: LESSON_CHARS - 1] + "…"
+        return ExplorerOutcome(st.explorer, cand, how, st.turns, st.tool_calls, list(dict.fromkeys(st.runs)),
+                               lesson, st.ended)
+
+    def _complete(self, run_id: int) -> int:
+        """The run itself if it covers the study's full β grid on every search environment; otherwise its source
+        evaluated on the full grid (a recorded full-grid run of the same source is reused)."""
+        run = self.svc.store.run(run_id)
+        study = self.svc.study
+        if run.status != "ok" or (is_full_grid(run.betas, study.betas) and set(study.search_names) <= set(run.envs)):
+            return run_id
+        self.echo(f"  completing {run.run_id} (β {', '.join(f'{b:g}' for b in run.betas)} on {len(run.envs)} "
+                  f"environment(s)) to the full β grid on every search environment…")
+        out = self._call("run_controller", {"code": run.source, "name": run.name})
+        full = self._run_of(out.run_id)
+        if full is None:
+            self.echo(f"  could not complete {run.run_id}: {out.text.splitlines()[0][:160] if out.text else '?'}")
+            return run_id
+        return full
 
     def _pick(self, st: RoundState) -> tuple[int | None, str]:
         runs = list(dict.fromkeys(st.runs))
@@ -304,9 +425,10 @@ class DiscoveryLoop:
         for rid in runs:
             run = self.svc.store.run(rid, with_source=False)
             if run.status == "ok" and run.summary is not None:
-                scored.append((-run.summary.best.accuracy, run.summary.best.avg_tokens, rid))
+                full = is_full_grid(run.betas, self.svc.study.betas)
+                scored.append((not full, -run.summary.best.accuracy, run.summary.best.avg_tokens, rid))
         if scored:
-            return min(scored)[2], "best-of-round"
+            return min(scored)[3], "best-of-round"
         if runs:
             return runs[-1], "last-run"
         return None, "none"
@@ -323,21 +445,38 @@ class DiscoveryLoop:
     def _chars(self, messages: list[dict[str, Any]]) -> int:
         return self._fixed_chars + len(orjson.dumps(messages))
 
-    def _check_budget(self, sid: str, st: RoundState, messages: list[dict[str, Any]]) -> None:
+    def reply_reserve(self, sid: str) -> tuple[int, str]:
+        """(reply tokens a call reserves, where that number comes from)."""
+        cap = self.opts.max_tokens
+        if self.opts.expected_reply_tokens is not None:
+            return min(cap, self.opts.expected_reply_tokens), "--expected-reply-tokens"
+        seen = self.log.max_output_tokens(sid)
+        if seen is None:
+            return min(cap, FIRST_REPLY_TOKENS), "before the first reply"
+        return min(cap, seen), "the longest reply so far"
+
+    def _reserve(self, sid: str, st: RoundState, messages: list[dict[str, Any]]) -> float:
+        """Reserve the next call's estimated cost under the budget (0 without one); raises BudgetStop if it
+        does not fit beside what is spent and what the calls in flight reserved."""
         cap = self.opts.budget_usd
         if cap is None:
-            return
+            return 0.0
         chars = self._chars(messages)
         if st.last_prompt is None:
             prompt = estimate_tokens(chars)
         else:
             prompt = st.last_prompt + estimate_tokens(max(0, chars - st.chars_at_last))
-        estimate = self.prices.estimate(self.opts.model, prompt, self.opts.max_tokens)
-        spent = self.log.spent(sid)[0].cost_usd
-        if spent + estimate > cap:
-            raise BudgetStop(f"the next call (estimated at up to ${estimate:.4f}: ~{prompt:,} prompt tokens, "
-                             f"{self.opts.max_tokens:,} max output) could take the spend from ${spent:.4f} past the "
-                             f"cap of ${cap:.2f}")
+        reply, why = self.reply_reserve(sid)
+        estimate = self.prices.estimate(self.opts.model, prompt, reply)
+        with self._budget_lock:
+            spent = self.log.spent(sid)[0].cost_usd
+            if spent + self._reserved + estimate > cap:
+                flight = f" and ${self._reserved:.4f} reserved by calls in flight" if self._reserved else ""
+                raise BudgetStop(f"the next call (estimated at up to ${estimate:.4f}: ~{prompt:,} prompt tokens at "
+                                 f"the dearest input rate, a {reply:,}-token reply ({why})) could take the spend "
+                                 f"from ${spent:.4f}{flight} past the cap of ${cap:.2f}")
+            self._reserved += estimate
+        return estimate
 
 
 # ----- message helpers -------------------------------------------------------------------------------------------

@@ -125,13 +125,13 @@ class PriceTable:
         price = self.price(model)
         return 0.0 if price is None else price.cost(usage)
 
-    def estimate(self, model: str, prompt_tokens: int, max_tokens: int) -> float:
-        """A conservative price for the next call: every prompt token at the dearer of input and cache-write
-        rates, and a reply as long as max_tokens allows."""
+    def estimate(self, model: str, prompt_tokens: int, reply_tokens: int) -> float:
+        """The price of a call: every prompt token at the dearer of the input and cache-write rates (what the
+        prompt costs at most, on a cache miss), and a reply of `reply_tokens`."""
         price = self.price(model)
         if price is None:
             return 0.0
-        return (prompt_tokens * max(price.input, price.cache_write) + max_tokens * price.output) / 1e6
+        return (prompt_tokens * max(price.input, price.cache_write) + reply_tokens * price.output) / 1e6
 
 
 def estimate_tokens(chars: int) -> int:
