@@ -174,8 +174,10 @@ def cost_summary(log: DiscoveryLog, sid: str, report_s: float = 0.0) -> dict[str
 
 def cost_line(cost: dict[str, Any]) -> str:
     """Like the paper's "$39.9, 160 minutes", with the time and the token counts behind it."""
-    return (f"Discovery cost: ${cost['cost_usd']:.2f}, {cost['minutes']:g} minutes (rounds {cost['rounds_minutes']:g}, "
-            f"selection and held-out {cost['report_minutes']:g}; {cost['rounds']} round(s), {cost['calls']} API "
+    split = (f"rounds {cost['rounds_minutes']:g}, selection and held-out {cost['report_minutes']:g}; "
+             if "rounds_minutes" in cost else "")  # reports stored before the clock was split
+    return (f"Discovery cost: ${cost['cost_usd']:.2f}, {cost['minutes']:g} minutes ({split}{cost['rounds']} round(s), "
+            f"{cost['calls']} API "
             f"calls; tokens in {cost['input_tokens']:,} · out {cost['output_tokens']:,} · cache write "
             f"{cost['cache_write_tokens']:,} · cache read {cost['cache_read_tokens']:,})")
 
@@ -276,9 +278,10 @@ def render_report(doc: dict[str, Any], console: Any) -> None:
     else:
         rule = ("the paper's rule: highest search accuracy at its best β" if sel["mode"] == "accuracy"
                 else "the objective: fewest tokens to reach SC@64's accuracy, ties within noise to the cheaper")
+        figures = f"{sel['figures']}; " if sel.get("figures") else ""  # reports stored before the objective had none
         console.print(f"Selected {sel['run']} '{sel['name']}' at β={sel['beta']:g} ({rule}): "
                       f"{sel['accuracy']:.2f}% at {sel['avg_tokens']:,.0f} tokens on the search set; "
-                      f"{sel['figures']}; {sel['eligible']} of {sel['candidates']} candidate(s) eligible.")
+                      f"{figures}{sel['eligible']} of {sel['candidates']} candidate(s) eligible.")
         for t in sel.get("ties") or []:
             verdict = "tie (within noise)" if t["within_noise"] else "beyond noise"
             console.print(f"  vs {t['run']}: {t['figure']} {sel['leader']} − {t['run']} = {t['diff']:+.2f} ± "
