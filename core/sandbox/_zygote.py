@@ -27,8 +27,6 @@ import orjson
 
 from core.sandbox import _child, _guard, _namespaces
 
-WORKER_NICENESS = 5
-
 
 def _status_text(status: int) -> str:
     if os.WIFSIGNALED(status):
@@ -137,9 +135,6 @@ def main(ctrl_fd: int, init: dict[str, Any]) -> None:
         if init.get("native_namespaces"):
             ns = _isolate(init)
             _namespaces.die_with_parent()  # our parent is now the waiting first process
-        # Workers (forked from here, so they inherit it) yield the CPU to the parent: every worker waits on its
-        # replies, so a reply that wakes a worker must not preempt the parent before it has answered the others.
-        os.nice(WORKER_NICENESS)
         init["child_ipc_ns"] = os.geteuid() == 0  # root (or root in our user namespace) may unshare again
         init["in_user_ns"] = bool(ns["made"].get("user"))
         gc.collect()
