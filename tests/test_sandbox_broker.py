@@ -104,3 +104,78 @@ def test_malformed_calls_and_calls_after_the_end_are_protocol_errors():
         broker.outcome(2)
         with pytest.raises(BrokerProtocolError):
             broker.tick(call(2, "probe_new", None))
+
+
+# ----- the worker's mirror question over the broker behaves like the question itself -----------------------------
+MIRROR_OPS = ("probe_new", "probe_more", "read", "branch", "extend", "probe", "prune", "probe_new_many",
+              "probe_more_many", "extend_many", "read_many", "is_finished", "depth", "left", "opened", "tokens")
+
+
+def _script(question, steps):
+    """Perform `steps` on a question, recording every result or error (what a controller could observe)."""
+    import numpy as np
+
+    log = []
+    for op, arg in steps:
+        try:
+            if op == "probe_new":
+                out = question.probe_new()
+            elif op == "probe_more":
+                out = question.probe_more(arg)
+            elif op == "read":
+                out = question.get_new_branch_final_answer()
+            elif op == "branch":
+                out = question.branch()
+            elif op == "extend":
+                out = question.extend(arg)
+            elif op == "probe":
+                out = question.probe(arg)
+            elif op == "prune":
+                out = question.prune(arg)
+            elif op == "probe_new_many":
+                out = question.probe_new_many(arg % 4)
+            elif op == "probe_more_many":
+                out = question.probe_more_many([np.int64(arg), arg % 3] if arg % 2 else [arg, arg])
+            elif op == "extend_many":
+                out = question.extend_many([arg, (arg + 1) % 6])
+            elif op == "read_many":
+                out = question.get_new_branch_final_answers(arg % 3)
+            elif op == "is_finished":
+                out = question.is_finished(arg)
+            elif op == "depth":
+                out = question.depth(arg)
+            elif op == "left":
+                out = question.fresh_branches_left
+            elif op == "opened":
+                out = question.num_opened
+            else:
+                out = question.get_seq_and_total_tokens()
+            log.append(("ok", out if not isinstance(out, list) else [tuple(x) if isinstance(x, tuple) else x
+                                                                      for x in out]))
+        except (ValueError, IndexError) as e:
+            log.append((type(e).__name__, str(e)))
+    return log
+
+
+@settings(max_examples=150, deadline=None)
+@given(env_seed=st.integers(0, 50), seed=st.integers(0, 1000),
+       steps=st.lists(st.tuples(st.sampled_from(MIRROR_OPS), st.integers(-1, 7)), max_size=40))
+def test_the_mirror_question_acts_like_the_question(env_seed, seed, steps):
+    from core.sandbox._episodes import run_cell
+
+    env = make_env(env_seed)
+    direct = _script(env.question(1, seed), steps)
+    broker = CellBroker(env, [1], seed)
+    mirrored = []
+
+    def solve_one(question, slot):
+        mirrored.extend(_script(question, steps))
+        return "done", None
+
+    def exchange(calls, done):
+        for s, _ in done:
+            broker.outcome(s)
+        return broker.tick(calls) if calls else ([], [], [])
+
+    run_cell(solve_one, [(0, env.n_branches(1), int(env.interval[1]))], exchange)
+    assert mirrored == direct

@@ -13,6 +13,7 @@ runs two episodes of the same question, so nothing it remembers across episodes 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,15 @@ ERRORS: dict[str, type[Exception]] = {"ValueError": ValueError, "IndexError": In
 
 
 def _index(i: Any) -> int:
+    """A branch index as a plain int (numpy integers too, as the question itself takes them); ValueError with the
+    question's own message for anything else (its wording does not depend on the state for a non-integer)."""
     if type(i) is int:
         return i
-    if isinstance(i, int) and not isinstance(i, bool):  # numpy integers and int subclasses
-        return int(i)
+    if not isinstance(i, bool):
+        try:
+            return operator.index(i)
+        except TypeError:
+            pass
     raise ValueError(bad_index_message(i, 0, []))
 
 
@@ -121,16 +127,21 @@ class MirrorQuestion(ReplayQuestion):
     def probe_more_many(self, indices: Any) -> list[tuple[str, bool]]:
         idx = self._check_indices(indices)
         out = self._ask("probe_more_many", [idx])
-        for i, (_, fin) in zip(idx, out, strict=True):
-            self._stepped(i, fin)
+        self._stepped_many(idx, [fin for _, fin in out])
         return out
 
     def extend_many(self, indices: Any) -> list[bool]:
         idx = self._check_indices(indices)
         out = self._ask("extend_many", [idx])
-        for i, fin in zip(idx, out, strict=True):
-            self._stepped(i, fin)
+        self._stepped_many(idx, out)
         return out
+
+    def _stepped_many(self, idx: list[int], fins: list[bool]) -> None:
+        done, depth = self._fin, self._depth  # _stepped inlined: the batch calls are the hot path
+        for i, fin in zip(idx, fins, strict=True):
+            if not done[i]:
+                depth[i] += 1
+                done[i] = fin
 
     def get_new_branch_final_answers(self, n: int) -> list[str]:
         out = self._ask("read_many", [check_count(n)])
@@ -141,11 +152,16 @@ class MirrorQuestion(ReplayQuestion):
 
     def _check_indices(self, indices: Any) -> list[int]:
         try:
-            idx = [_index(i) for i in (indices if type(indices) is list else list(indices))]
+            idx = indices if type(indices) is list else list(indices)
         except TypeError:
             raise ValueError(f"branch indices must be a list of ints, got {type(indices).__name__}") from None
-        for i in idx:
-            self.depth(i)  # raises the ValueError the single call would raise
+        depth, n_open = self._depth, self._next
+        for i in idx:  # one comparison chain per index in the common case; anything odd gets the full check
+            if type(i) is not int or not 0 <= i < n_open or depth[i] < 0:
+                idx = [_index(j) for j in idx]  # numpy integers become ints; a bad index raises below
+                for j in idx:
+                    self._state(j)
+                break
         if len(set(idx)) != len(idx):
             twice = next(i for k, i in enumerate(idx) if i in idx[:k])
             raise ValueError(f"branch {twice} is named twice in one batch call")
