@@ -120,8 +120,13 @@ def collect_command(model: str | None, questions: str | None, out: str | None, d
 
     if demo:
         model, questions, out, demo_over = _demo_setup(model, questions, out)
-        branches, interval, max_tokens = demo_over["branches"], demo_over["interval"], demo_over["max_tokens"]
-        answer_tokens, probe_tokens, parallel = demo_over["answer_tokens"], demo_over["probe_tokens"], demo_over["parallel"]
+        ctx = click.get_current_context()
+        given = {k for k in demo_over if (src := ctx.get_parameter_source(k)) is not None and src.name != "DEFAULT"}
+        current = {"branches": branches, "interval": interval, "max_tokens": max_tokens,
+                   "answer_tokens": answer_tokens, "probe_tokens": probe_tokens, "parallel": parallel}
+        picked = {k: (current[k] if k in given else v) for k, v in demo_over.items()}  # options given still win
+        branches, interval, max_tokens = picked["branches"], picked["interval"], picked["max_tokens"]
+        answer_tokens, probe_tokens, parallel = picked["answer_tokens"], picked["probe_tokens"], picked["parallel"]
         threads = threads or 1
     elif questions is None or out is None:
         raise click.UsageError("give MODEL QUESTIONS OUT (or --demo)")

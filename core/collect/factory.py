@@ -100,7 +100,10 @@ def open_backend(
             bk, "openai", clean_model_name(bk.model),
             identity={"model_sha256": None, "backend_kind": f"openai:{bk.model}",
                       "results_affecting": {"token_mode": bk.token_mode}},
-            metadata={"backend": "openai", "served_model": bk.model},
+            metadata={"backend": "openai", "served_model": bk.model,
+                      "numerics": "log-probabilities come from the server; their last float32 bits depend on its prefix "
+                                  "cache (which requests it served before), so signals can differ in those bits between "
+                                  "runs; answers and token counts are seeded per branch and chunk"},
             session={"servers": [c.base_url for c in bk.clients], "parallel_per_server": parallel},
             n_ctx_train=info.get("n_ctx_train"),
         )
