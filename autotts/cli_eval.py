@@ -104,6 +104,8 @@ def spec_fit(spec: ControllerSpec, env: Any) -> str | None:
     if spec.name == "sc":
         raise AutoTTSError(f"{env.name}: {spec} reads {wanted} branches per question but this environment holds {have} "
                            f"(the fewest of its questions); use -c sc:n={have}, or collect with --branches {wanted}")
+    if env.metadata.get("branch_order") == "stored":  # a recorded live run: its pool is what the controller opened
+        return None
     return (f"note: {env.name}: {spec} may use up to {wanted} branches but this environment holds {have} per question; "
             f"it runs capped at {have} (pass {spec.name}:{param}={have} to say so)")
 

@@ -67,7 +67,7 @@ def open_backend(
     `sha_cache`: a collection folder whose manifest may hold the model's sha256 already (skips re-hashing)."""
     if kind == "llama":
         if not model:
-            raise AutoTTSError("a model is required with the llama backend: pass a .gguf file")
+            raise AutoTTSError("--model is required with the llama backend: pass a .gguf file (or --base-url for a server)")
         from core.collect.engine import LlamaEngine
 
         kwargs: dict[str, Any] = dict(parallel=parallel, branch_tokens=settings.branch_budget(), n_gpu_layers=n_gpu_layers,
