@@ -150,6 +150,8 @@ def collect_command(model: str | None, questions: str | None, out: str | None, d
                           kv_unified=kv_unified, hf_file=hf_file, timeout=request_timeout, retries=retries,
                           token_mode=token_mode, sha_cache=folder)
     bk = opened.backend
+    for url, why in getattr(bk, "skipped", ()):
+        click.echo(f"warning: {url} does not answer ({why}); collecting without it", err=True)
     session: dict[str, Any] = {"parallel": parallel, "n_gpu_layers": n_gpu_layers, "threads": threads,
                                "argv": sys.argv[1:], **opened.session}
     from importlib.metadata import version

@@ -251,3 +251,40 @@ def test_token_ids_round_trip_exactly_where_the_server_takes_them() -> None:
         bk.close()
     finally:
         server.shutdown()
+
+
+def test_a_server_down_at_start_is_skipped_with_a_warning(openai_server: str, questions_file: Path,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    from collect_helpers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    res = CliRunner().invoke(main, [*args_for(tmp_path / "skip", questions_file, [dead, openai_server], retries=0,
+                                              branches=2, max_tokens=32), "--json"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: {dead} does not answer" in res.stderr
+    summary = orjson.loads(res.stdout)
+    assert summary["complete"] and [s["name"] for s in summary["servers"]] == [openai_server.removeprefix("http://")]
+
+
+def test_solve_through_two_servers_moves_a_question_off_a_dead_one(openai_server: str, tiny_model: Path) -> None:  # noqa: F811
+    from core.collect.backend import Extend
+    from core.collect.openai_backend import OpenAIBackend
+    from core.collect.protocol import chat_prompt
+
+    doomed, url = start_server(tiny_model)
+    try:
+        bk = OpenAIBackend([url, openai_server], parallel=2, retries=0, timeout=30)
+        single = OpenAIBackend(openai_server, parallel=2, retries=0, timeout=30)
+        p, q = bk.add_prompt(chat_prompt("What is 1+1?")), single.add_prompt(chat_prompt("What is 1+1?"))
+        assert bk._home[p].base_url == url  # the least loaded server: the first
+        a, b = bk.open_branch(p, 3), single.open_branch(q, 3)
+        first = bk.extend({a: Extend(8)})[a].text
+        assert first == single.extend({b: Extend(8)})[b].text
+        stop_server(doomed)
+        second = bk.extend({a: Extend(8)})[a].text  # moved to the live server, same seeded chunk
+        assert second == single.extend({b: Extend(8)})[b].text
+        assert bk.clients[0].down and bk._home[p].base_url == openai_server
+        bk.close()
+        single.close()
+    finally:
+        stop_server(doomed)

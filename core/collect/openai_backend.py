@@ -262,6 +262,8 @@ class OpenAIBackend:
         self._next = 0
         self._lock = threading.Lock()
         self._token_cache: dict[str, list[int]] = {}
+        self.skipped: list[tuple[str, str]] = []
+        """Servers that did not answer at start (URL, why): the others are used without them."""
         if _probe is not None:
             self.model, self.token_mode, self.think_end_id, self.served = (
                 _probe["model"], _probe["token_mode"], _probe["think_end_id"], _probe["served"])
@@ -279,7 +281,14 @@ class OpenAIBackend:
         """Every server must serve the same model: returns its /v1/models entry (id, and max_model_len if given)."""
         entries = []
         for c in self.clients:
-            doc = c.call("GET", "/v1/models")
+            try:
+                doc = c.call("GET", "/v1/models")
+            except ServerDown as e:
+                if len(self.clients) == 1:
+                    raise
+                c.down = str(e)  # the others carry on (`skipped`); with none left, the error below says so
+                self.skipped.append((c.base_url, str(e)))
+                continue
             data = doc.get("data") if isinstance(doc, dict) else None
             if not data:
                 raise BackendError(f"{c.base_url}/v1/models lists no model; pass the model name")
@@ -287,6 +296,8 @@ class OpenAIBackend:
             if model is not None and model not in ids:
                 raise BackendError(f"{c.base_url} does not serve {model!r} (it lists {', '.join(ids)})")
             entries.append(next(d for d in data if model is None or str(d.get("id")) == model))
+        if not entries:
+            self._alive()  # raises: every server stopped answering
         names = {str(e.get("id")) for e in entries}
         if len(names) > 1:
             raise BackendError(f"the servers serve different models ({', '.join(sorted(names))}); one collection needs one model")
@@ -295,7 +306,7 @@ class OpenAIBackend:
     def _find_tokenizer(self) -> str | None:
         """Which tokenize endpoint the server offers: vLLM/SGLang `/tokenize`, llama-server `/tokenize` (content),
         llama-cpp-python `/extras/tokenize`."""
-        c = self.clients[0]
+        c = self._alive()[0]
         for path in ("/tokenize", "/tokenize:content", "/extras/tokenize"):
             try:
                 ids = self._tokenize_with(c, path, "a")
@@ -321,7 +332,7 @@ class OpenAIBackend:
         ok = self.tokenize_path is not None
         if ok:
             try:
-                for c in self.clients:
+                for c in self._alive():
                     ids = self._tokenize_with(c, self.tokenize_path, "1+1=")  # type: ignore[arg-type]
                     doc = c.call("POST", "/v1/completions", {
                         "model": self.model, "prompt": ids, "max_tokens": 2, "temperature": 0.0, "logprobs": 1,
@@ -343,7 +354,7 @@ class OpenAIBackend:
                  "served": self.served, "tokenize_path": self.tokenize_path}
         return [OpenAIBackend(c.base_url, parallel=self.parallel, api_key=self.api_key, sampling=self.sampling,
                               conf_k=self.conf_k, timeout=self.timeout, retries=self.retries, failover=False,
-                              _clients=[c], _probe=probe) for c in self.clients]
+                              _clients=[c], _probe=probe) for c in self.clients if c.down is None]
 
     # ----- tokens -----------------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
