@@ -100,10 +100,12 @@ def collect_command(model: str | None, questions: str | None, out: str | None, d
 
     With several servers (--base-url repeated, or --servers FILE) each runs its own loop; a question's branches
     stay on one server while it has work, idle servers steal, and a server that stops answering is given up and
-    its unfinished branches are redone elsewhere. The store does not depend on which server sampled what.
+    its unfinished branches are redone elsewhere. The store's answers and token counts do not depend on which
+    server sampled what (over HTTP the signals may differ in their last float32 bits).
 
     \b
-    Exit codes: 0 done (store written), 2 error, 3 stopped by --max-minutes (resumable), 130 interrupted.
+    Exit codes: 0 done (store written), 2 error, 130 interrupted,
+                3 stopped by --max-minutes (resumable, no store yet).
 
     \b
     Examples:
