@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -10,28 +11,26 @@ from typing import Any
 import click
 import orjson
 
-BACKENDS = ("llama", "openai")
+from autotts.collect_options import backend_options, protocol_options, resolve_backend_kind, server_urls
+
+EXIT_STOPPED = 3
+"""Exit code of a collection stopped by --max-minutes before every branch was in (resumable; no store yet)."""
 
 
 def _progress_display(enabled: bool) -> tuple[Any, Any]:
-    """(callback(CollectProgress), close()) showing questions, branches, tokens/s and ETA on stderr with rich."""
+    """(callback(CollectProgress), close()) on stderr with rich: branches, questions, tokens/s per server and in total, ETA.
+    Fits 80 columns (the bar shrinks first); says so while the store is built."""
     if not enabled:
         return None, (lambda: None)
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
     bar = Progress(
-        TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("branches"),
-        TextColumn("· questions {task.fields[q]}"), TextColumn("· {task.fields[rate]} tok/s"),
-        TextColumn("· {task.fields[active]} open"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
+        TextColumn("[bold]{task.fields[stage]}"), BarColumn(bar_width=None), MofNCompleteColumn(),
+        TextColumn("q {task.fields[q]} · {task.fields[rate]} tok/s · {task.fields[active]} open"),
+        TimeRemainingColumn(compact=True), TextColumn("{task.fields[servers]}"),
+        console=console, transient=False, expand=False,
     )
     task = None
 
@@ -39,104 +38,102 @@ def _progress_display(enabled: bool) -> tuple[Any, Any]:
         nonlocal task
         if task is None:
             bar.start()
-            task = bar.add_task("collect", total=p.total, completed=p.done, q="", rate="", active=0)
+            task = bar.add_task("collect", total=p.total, completed=p.done, q="", rate="",
+                                active=0, stage="collect", servers="")
+        servers = ""
+        if len(p.servers) > 1:
+            el = p.elapsed or 1.0
+            servers = "\n" + "\n".join(
+                f"  {s.name[:32]:32} {'DOWN' if s.down else f'{s.tokens / el:,.0f} tok/s'} · {s.branches} done"
+                f" · {s.active} open" for s in p.servers)
+        stage = "store…" if p.stage != "collecting" else "collect"
         bar.update(task, completed=p.done, q=f"{p.questions_done}/{p.questions_total}",
-                   rate=f"{p.tokens_per_second:,.0f}", active=p.active)
+                   rate=f"{p.tokens_per_second:,.0f}", active=p.active, stage=stage, servers=servers)
+        if p.stage != "collecting":
+            bar.refresh()
 
     return update, bar.stop
 
 
-def _cached_sha256(model: Path, folder: Path) -> str:
-    """The model's sha256, reused from the collection's manifest when the file's size and mtime are unchanged."""
-    from core.collect.writer import LOG_NAME, file_sha256, read_log
-
-    st = model.stat()
-    log = folder / LOG_NAME
-    if log.is_file() and log.stat().st_size:
-        try:
-            manifest, _ = read_log(log)
-            stat_then = manifest.get("session", {}).get("model_stat")
-            if stat_then == [st.st_size, st.st_mtime_ns] and manifest.get("model_sha256"):
-                return manifest["model_sha256"]
-        except Exception:  # noqa: BLE001 - a bad log is reported later, by open_log
-            pass
-    return file_sha256(model)
-
-
 @click.command("collect")
-@click.argument("model")
-@click.argument("questions", type=click.Path(exists=True, dir_okay=False))
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(BACKENDS), default="llama", show_default=True,
-              help="llama: llama.cpp in this process (MODEL = a .gguf file, or a Hugging Face repo with --hf-file); "
-                   "openai: an OpenAI-compatible server (MODEL = its model name, 'auto' = the first it lists).")
-@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True,
-              help="Server URL for --backend openai (vLLM, SGLang, llama-server, llama-cpp-python's server).")
-@click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="Bearer token for --backend openai [env OPENAI_API_KEY].")
+@click.argument("model", required=False)
+@click.argument("questions", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.argument("out", type=click.Path(file_okay=False), required=False)
+@click.option("--demo", is_flag=True,
+              help="A first collection in under a minute on a CPU: builds the tiny random-weight model and collects "
+                   "a few questions with the settings it is tuned for, into OUT (default ./autotts-demo); give no "
+                   "MODEL or QUESTIONS.")
+@backend_options(parallel_help="Branches in flight (llama: the batch width; openai: concurrent requests per server).")
 @click.option("--hf-file", default=None, metavar="FILENAME",
               help="Treat MODEL as a Hugging Face repo id and fetch this GGUF file from it (needs network and huggingface-hub).")
+@click.option("--token-mode", type=click.Choice(["auto", "ids", "text"]), default="auto", show_default=True,
+              help="openai: send and receive token ids where the servers allow it (vLLM, SGLang), else text (recorded).")
 @click.option("--branches", default=128, show_default=True, type=click.IntRange(1), help="Branches per question.")
-@click.option("--interval", default=500, show_default=True, type=click.IntRange(1), help="Probe interval Δ in tokens.")
-@click.option("--max-tokens", default=40_000, show_default=True, type=click.IntRange(1),
-              help="Thinking budget per branch; a branch still thinking then gets </think> forced.")
-@click.option("--answer-tokens", default=1_500, show_default=True, type=click.IntRange(1),
-              help="Most tokens after </think> (sampled or forced).")
-@click.option("--probe-tokens", default=48, show_default=True, type=click.IntRange(1),
-              help="Greedy tokens a probe may use before its \\boxed{ must close (else the probe answer is ERR).")
-@click.option("--probe-style", type=click.Choice(["boxed", "dynasor"]), default="boxed", show_default=True,
-              help="boxed: close the thinking and open \\boxed{; dynasor: Dynasor's in-thought suffix.")
-@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(0),
-              help="Sampling temperature (the paper's data used 0.7; Qwen's card suggests 0.6).")
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
-@click.option("--top-k", default=20, show_default=True, type=click.IntRange(1, 256), help="Top-k sampling.")
-@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Min-p sampling.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Base seed; each branch's seed derives from (seed, question, branch).")
-@click.option("--instruction", default=None, help="Text appended to each question (default: Qwen's 'Please reason step by step…').")
-@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions.")
-@click.option("--parallel", default=32, show_default=True, type=click.IntRange(1, 255),
-              help="Branches decoded together (llama: batch width; openai: concurrent requests).")
-@click.option("--n-gpu-layers", default=0, show_default=True, type=int, help="Layers offloaded to the GPU (-1: all).")
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for llama.cpp (default: all available).")
+@protocol_options()
 @click.option("--kv-unified", is_flag=True,
               help="One shared KV pool (prompt shared without copies) instead of one stream per branch; results may "
                    "then differ in the last bits with batch composition, so a resumed run may not match exactly.")
-@click.option("--kv-type", type=click.Choice(["f16", "q8_0"]), default="f16", show_default=True,
-              help="KV-cache precision; q8_0 halves its memory.")
-@click.option("--kv-budget", default=None, type=click.FloatRange(0, min_open=True), metavar="GB",
-              help="Cap on KV-cache memory; --parallel is lowered to fit.")
-@click.option("--model-name", default=None, help="Model name recorded in the store (default: the file name).")
+@click.option("--model-name", default=None, help="Model name recorded in the store (default: the file or served name).")
 @click.option("--benchmark", default=None, help="Benchmark name recorded in the store (default: the questions file name).")
 @click.option("--export-paper", "export_paper_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the finished store in the paper's JSON format here (metadata in <name>.meta.json).")
 @click.option("--keep-text", is_flag=True, help="Keep every branch's full text in the log (large).")
 @click.option("--max-minutes", default=None, type=click.FloatRange(0, min_open=True),
-              help="Stop after this long; rerun the same command to resume.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+              help=f"Stop after this long (exit code {EXIT_STOPPED} if branches are left; rerun the same command to resume).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def collect_command(model: str, questions: str, out: str, backend: str, base_url: str, api_key: str | None,
-                    hf_file: str | None, branches: int, interval: int, max_tokens: int, answer_tokens: int,
-                    probe_tokens: int, probe_style: str, temperature: float, top_p: float, top_k: int, min_p: float,
-                    seed: int, instruction: str | None, limit: int | None, parallel: int, n_gpu_layers: int,
-                    threads: int | None, kv_unified: bool, kv_type: str, kv_budget: float | None,
-                    model_name: str | None, benchmark: str | None, export_paper_path: str | None, keep_text: bool,
-                    max_minutes: float | None, as_json: bool, no_progress: bool) -> None:
+def collect_command(model: str | None, questions: str | None, out: str | None, demo: bool, backend: str | None,
+                    base_urls: tuple[str, ...], servers_file: str | None, api_key: str | None, parallel: int,
+                    n_gpu_layers: int, threads: int | None, kv_type: str, kv_budget: float | None,
+                    request_timeout: float, retries: int, hf_file: str | None, token_mode: str, branches: int,
+                    interval: int, max_tokens: int, answer_tokens: int, probe_tokens: int, probe_style: str,
+                    temperature: float, top_p: float, top_k: int, min_p: float, seed: int, instruction: str | None,
+                    limit: int | None, as_json: bool, kv_unified: bool, model_name: str | None,
+                    benchmark: str | None, export_paper_path: str | None, keep_text: bool, max_minutes: float | None,
+                    no_progress: bool) -> None:
     """Sample BRANCHES reasoning branches per question of QUESTIONS (JSONL: question, gold_answer) with a Qwen3
     model, probing each branch every INTERVAL tokens, into the collection folder OUT.
 
     Branches are logged to OUT/branches.jsonl as they finish; rerunning the same command resumes. When every
     branch is in, the replay store OUT/store.json is written (evaluate it with `autotts eval OUT/store.json`).
+    OUT must be new, empty, or a collection folder: anything else in it is refused.
+
+    With several servers (--base-url repeated, or --servers FILE) each runs its own loop; a question's branches
+    stay on one server while it has work, idle servers steal, and a server that stops answering is given up and
+    its unfinished branches are redone elsewhere. The store's answers and token counts do not depend on which
+    server sampled what (over HTTP the signals may differ in their last float32 bits).
+
+    \b
+    Exit codes: 0 done (store written), 2 error, 130 interrupted,
+                3 stopped by --max-minutes (resumable, no store yet).
 
     \b
     Examples:
+      autotts collect --demo
       autotts collect Qwen3-0.6B-Q8_0.gguf aime24.jsonl runs/aime24 --branches 16 --parallel 16
       autotts collect Qwen3-0.6B-Q8_0.gguf aime24.jsonl runs/aime24 --n-gpu-layers -1 --parallel 64
       autotts collect Qwen/Qwen3-0.6B-GGUF aime24.jsonl runs/aime24 --hf-file Qwen3-0.6B-Q8_0.gguf
-      autotts collect auto aime24.jsonl runs/aime24 --backend openai --base-url http://gpu-box:8000
+      autotts collect auto aime24.jsonl runs/aime24 --base-url http://127.0.0.1:8000 --base-url http://127.0.0.1:8001
     """
     from core.collect import CollectSettings, SamplingParams, collect, load_questions
+    from core.collect.factory import context_warning, open_backend
     from core.collect.protocol import DEFAULT_INSTRUCTION
     from core.collect.writer import export_paper
 
+    if demo:
+        model, questions, out, demo_over = _demo_setup(model, questions, out)
+        ctx = click.get_current_context()
+        given = {k for k in demo_over if (src := ctx.get_parameter_source(k)) is not None and src.name != "DEFAULT"}
+        current = {"branches": branches, "interval": interval, "max_tokens": max_tokens,
+                   "answer_tokens": answer_tokens, "probe_tokens": probe_tokens, "parallel": parallel}
+        picked = {k: (current[k] if k in given else v) for k, v in demo_over.items()}  # options given still win
+        branches, interval, max_tokens = picked["branches"], picked["interval"], picked["max_tokens"]
+        answer_tokens, probe_tokens, parallel = picked["answer_tokens"], picked["probe_tokens"], picked["parallel"]
+        threads = threads or 1
+    elif questions is None or out is None:
+        raise click.UsageError("give MODEL QUESTIONS OUT (or --demo)")
+    assert model is not None and questions is not None and out is not None
+    urls = server_urls(base_urls, servers_file)
+    kind = resolve_backend_kind(backend, urls)
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
     settings = CollectSettings(
         branches=branches, interval=interval, max_tokens=max_tokens, answer_tokens=answer_tokens,
@@ -145,51 +142,42 @@ def collect_command(model: str, questions: str, out: str, backend: str, base_url
     )
     items = load_questions(questions, limit)
     folder = Path(out)
-    session: dict[str, Any] = {"parallel": parallel, "n_gpu_layers": n_gpu_layers, "threads": threads, "argv": sys.argv[1:]}
-    if backend == "llama":
-        from core.collect.engine import LlamaEngine
+    allowed = _allowed_exports(folder, export_paper_path)
+    from core.collect.folder import check_output_folder
 
-        kwargs = dict(parallel=parallel, branch_tokens=settings.branch_budget(), n_gpu_layers=n_gpu_layers,
-                      n_threads=threads, kv_unified=kv_unified, kv_type=kv_type, kv_budget_gb=kv_budget, sampling=sampling)
-        engine = LlamaEngine.from_pretrained(model, hf_file, **kwargs) if hf_file else LlamaEngine(model, **kwargs)
-        model_path = Path(engine.model_path)
-        sha = _cached_sha256(model_path, folder)
-        st = model_path.stat()
-        session["model_stat"] = [st.st_size, st.st_mtime_ns]
-        session["model_path"] = str(model_path)
-        info = engine.info()
-        identity = {"model_sha256": sha, "backend_kind": "llama.cpp", "results_affecting": {"kv_type": kv_type}}
-        name = model_name or model_path.name.removesuffix(".gguf")
-        backend_meta = {"backend": "llama.cpp", "model_file": model_path.name, "model_sha256": sha,
-                        "model_desc": info.get("model_desc"), "llama_cpp_python": info.get("llama_cpp_python"),
-                        "kv_type": kv_type}
-        bk: Any = engine
-    else:
-        from core.collect.openai_backend import OpenAIBackend
-
-        bk = OpenAIBackend(base_url, model=None if model == "auto" else model, parallel=parallel, api_key=api_key,
-                           sampling=sampling)
-        identity = {"model_sha256": None, "backend_kind": f"openai:{bk.model}", "results_affecting": {}}
-        name = model_name or bk.model
-        backend_meta = {"backend": "openai", "served_model": bk.model}
+    check_output_folder(folder, allowed)  # before loading a model: refuse a folder that is not ours at once
+    opened = open_backend(kind, model, settings, base_urls=urls, api_key=api_key, parallel=parallel,
+                          n_gpu_layers=n_gpu_layers, threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget,
+                          kv_unified=kv_unified, hf_file=hf_file, timeout=request_timeout, retries=retries,
+                          token_mode=token_mode, sha_cache=folder)
+    bk = opened.backend
+    for url, why in getattr(bk, "skipped", ()):
+        click.echo(f"warning: {url} does not answer ({why}); collecting without it", err=True)
+    session: dict[str, Any] = {"parallel": parallel, "n_gpu_layers": n_gpu_layers, "threads": threads,
+                               "argv": sys.argv[1:], **opened.session}
     from importlib.metadata import version
 
     store_metadata = {
-        "model": name,
+        "model": model_name or opened.model_name,
         "benchmark": benchmark or Path(questions).name.split(".")[0],
         "interval": interval,
         "sampling": {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                      "order": "temperature, top-k, top-p, min-p"},
-        "collector": {"name": "autotts collect", "autotts": version("autotts"), "settings": settings.to_dict(), **backend_meta},
+        "collector": {"name": "autotts collect", "autotts": version("autotts"), "settings": settings.to_dict(),
+                      **opened.metadata},
         "synthetic": False,
     }
+    warning = context_warning(opened, settings)
+    if warning:
+        click.echo(warning, err=True)
     show = not no_progress and sys.stderr.isatty()
     update, close_bar = _progress_display(show)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a polite kill stops as cleanly as Ctrl-C
     try:
-        result = collect(bk, items, settings, folder, identity=identity, store_metadata=store_metadata, session=session,
-                         progress=update, keep_text=keep_text, max_seconds=max_minutes * 60 if max_minutes else None)
+        result = collect(bk, items, settings, folder, identity=opened.identity, store_metadata=store_metadata,
+                         session=session, progress=update, keep_text=keep_text, allowed_files=allowed,
+                         max_seconds=max_minutes * 60 if max_minutes else None)
     except KeyboardInterrupt:
         close_bar()
         from core.collect.writer import LOG_NAME, read_log
@@ -211,6 +199,9 @@ def collect_command(model: str, questions: str, out: str, backend: str, base_url
         "branches_total": result.branches_total, "tokens": result.tokens, "seconds": round(result.elapsed, 2),
         "tokens_per_second": round(result.tokens / result.elapsed, 1) if result.elapsed else None,
         "complete": result.store_path is not None,
+        "servers": [{"name": s.name, "tokens": s.tokens, "branches": s.branches, "down": s.down,
+                     "tokens_per_second": round(s.tokens / result.elapsed, 1) if result.elapsed else None}
+                    for s in result.servers],
     }
     if as_json:
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
@@ -218,9 +209,51 @@ def collect_command(model: str, questions: str, out: str, backend: str, base_url
         click.echo(f"Collected {result.branches_total} branches ({result.tokens:,} new tokens, "
                    f"{summary['tokens_per_second'] or 0:,.0f} tok/s) → {result.store_path}"
                    + (f"; paper format → {paper}" if paper else ""))
-    else:
-        click.echo(f"Stopped with {result.branches_done} of {result.branches_total} branches in {folder}; "
-                   "rerun the same command to resume.")
+        for s in result.servers:
+            if s.down:
+                click.echo(f"  note: {s.name} was given up ({s.down}); the other servers did its branches", err=True)
+        if demo:
+            click.echo(f"Next: autotts eval {result.store_path} -c sc:n={branches} -c parallel-probe:num_chains={branches} --seeds 10")
+    if result.store_path is None:
+        click.echo(f"Stopped by --max-minutes with {result.branches_done} of {result.branches_total} branches in "
+                   f"{folder} (no store yet); rerun the same command to resume.", err=True)
+        sys.exit(EXIT_STOPPED)
+
+
+def _allowed_exports(folder: Path, export_paper_path: str | None) -> list[str]:
+    """The --export-paper files, when they are written inside the collection folder (so a rerun accepts them)."""
+    if not export_paper_path:
+        return []
+    p = Path(export_paper_path)
+    try:
+        if p.resolve().parent != folder.resolve():
+            return []
+    except OSError:
+        return []
+    name = p.name
+    for suffix in (".json.gz", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return [p.name, name + ".meta.json"]
+
+
+def _demo_setup(model: str | None, questions: str | None, out: str | None) -> tuple[str, str, str, dict[str, int]]:
+    """For --demo: (model path, questions path, out folder, settings). The tiny model and the demo questions go to
+    the user cache ($AUTOTTS_CACHE or ~/.cache/autotts/demo), so OUT holds only the collection."""
+    from core.collect.tiny_model import DEMO_QUESTIONS, DEMO_SETTINGS, build_tiny_qwen3
+
+    if questions is not None:
+        raise click.UsageError("--demo builds its own model and questions: give at most OUT (e.g. autotts collect --demo runs/demo)")
+    out = out or model or "autotts-demo"  # `autotts collect --demo runs/demo`: the one argument is OUT
+    cache = Path(os.environ.get("AUTOTTS_CACHE", Path.home() / ".cache" / "autotts")) / "demo"
+    cache.mkdir(parents=True, exist_ok=True)
+    model_path = cache / "tiny-qwen3.gguf"
+    if not model_path.is_file():
+        build_tiny_qwen3(model_path)
+    qpath = cache / "demo-questions.jsonl"
+    qpath.write_bytes(b"".join(orjson.dumps(q) + b"\n" for q in DEMO_QUESTIONS))
+    return str(model_path), str(qpath), out, dict(DEMO_SETTINGS)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -11,8 +11,10 @@ import orjson
 
 from autotts.cli import default_environment_path, exit_without_teardown, progress_bar
 from core.controllers import ControllerSpec, parse_spec
+from core.errors import AutoTTSError
 from core.evaluate import EvalResult, evaluate
 from core.progress import Progress
+from core.specs import format_spec
 from core.stats import Point, seed_spread, token_saving
 from core.store import expand_paths, load_environment
 
@@ -48,6 +50,11 @@ def eval_command(envs: tuple[str, ...], controllers: tuple[str, ...], seeds: int
         spec.build()
     paths = expand_paths(envs) if envs else [default_environment_path()]
     environments = [load_environment(p) for p in paths]
+    for env in environments:
+        for spec in specs:
+            note = spec_fit(spec, env)
+            if note:
+                click.echo(note, err=True)
     show = not no_progress and sys.stderr.isatty()
     advance, close = progress_bar(len(environments) * len(specs) * seeds, "evaluating", show)
     results: list[EvalResult] = []
@@ -82,6 +89,30 @@ def eval_command(envs: tuple[str, ...], controllers: tuple[str, ...], seeds: int
         _print_table(rows, environments, seeds)
 
 
+BRANCH_PARAMS = {"sc": "n", "asc": "max_samples", "esc": "max_samples", "parallel-probe": "num_chains",
+                 "cmc": "max_branches"}
+"""The argument that says how many branches a built-in controller may use."""
+
+
+def spec_fit(spec: ControllerSpec, env: Any) -> str | None:
+    """Check that `spec` fits `env`'s branch pools. SC@N on fewer than N branches per question would silently be a
+    smaller SC, so it is an error naming the fix; a cap above the pool of an adaptive controller is a note (returned)."""
+    param = BRANCH_PARAMS.get(spec.name)
+    if param is None or not env.n_questions:
+        return None
+    wanted = getattr(spec.build(), param, None)
+    have = int(min(env.n_branches(q) for q in range(env.n_questions)))
+    if not isinstance(wanted, int) or wanted <= have:
+        return None
+    if spec.name == "sc":
+        raise AutoTTSError(f"{env.name}: {spec} reads {wanted} branches per question but this environment holds {have} "
+                           f"(the fewest of its questions); use -c {format_spec('sc', {'n': have})}, or collect with --branches {wanted}")
+    if env.metadata.get("branch_order") == "stored":  # a recorded live run: its pool is what the controller opened
+        return None
+    return (f"note: {env.name}: {spec} may use up to {wanted} branches but this environment holds {have} per question; "
+            f"it runs capped at {have} (pass {format_spec(spec.name, {param: have})} to say so)")
+
+
 def _rows(results: list[EvalResult], environments: list[Any]) -> list[dict[str, Any]]:
     by_env: dict[str, list[EvalResult]] = defaultdict(list)
     for r in results:
@@ -97,6 +128,7 @@ def _rows(results: list[EvalResult], environments: list[Any]) -> list[dict[str, 
         }
         if sc64 is not None and r is not sc64:
             saving = token_saving([Point(r.avg_tokens, r.accuracy, r.controller)], Point(sc64.avg_tokens, sc64.accuracy))
+            row["baseline"] = sc64.controller
             row["tokens_vs_sc64"] = round(r.avg_tokens / sc64.avg_tokens, 4) if sc64.avg_tokens else None
             row["saving_vs_sc64_at_matched_accuracy"] = None if saving is None else round(saving, 4)
         rows.append(row)
@@ -128,3 +160,5 @@ def _print_table(rows: list[dict[str, Any]], environments: list[Any], seeds: int
     if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
         console = Console(width=max(console.width, 140))
     console.print(table)
+    if any(row.get("baseline") for row in rows):
+        console.print("tok/SC@64: avg tokens over those of sc:n=64 on the same environment (64 branches read per question)")

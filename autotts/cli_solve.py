@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-BACKENDS = ("llama", "openai")
+from autotts.collect_options import backend_options, protocol_options, resolve_backend_kind, server_urls
 
 
 @click.command("solve")
@@ -21,48 +21,23 @@ BACKENDS = ("llama", "openai")
               help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc) or path/to/controller.py[:k=v].")
 @click.option("--questions", "questions_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSONL (or a JSON list) of questions: {\"question\": ..., \"gold_answer\": ... (optional)} per line.")
-@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions of --questions.")
 @click.option("--compare", "compare_spec", default=None, metavar="SPEC",
               help="Also run this controller (e.g. sc:n=64) on the same questions and show both side by side.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="llama", show_default=True,
-              help="llama: llama.cpp in this process; openai: an OpenAI-compatible /v1/completions server.")
-@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True, help="Server URL for --backend openai.")
-@click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="Bearer token for --backend openai [env OPENAI_API_KEY].")
-@click.option("--n-gpu-layers", default=0, show_default=True, type=int, help="Layers offloaded to the GPU (-1: all).")
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for llama.cpp (default: all available).")
-@click.option("--parallel", default=64, show_default=True, type=click.IntRange(1, 255),
-              help="Branches the backend holds at once (llama: KV streams; openai: concurrent requests). A controller "
-                   "keeping more branches running fails with a clear error.")
-@click.option("--kv-type", type=click.Choice(["f16", "q8_0"]), default="f16", show_default=True, help="KV-cache precision (llama).")
-@click.option("--kv-budget", default=None, type=click.FloatRange(0, min_open=True), metavar="GB",
-              help="Cap on KV-cache memory (llama); --parallel is lowered to fit.")
+@backend_options(parallel_help="Branches the backend holds at once (llama: KV streams; openai: concurrent requests "
+                                "per server). A controller keeping more branches running fails with a clear error.")
 @click.option("--max-branches", default=128, show_default=True, type=click.IntRange(1),
               help="Fresh branches each question offers (the paper's replay pools hold 128).")
-@click.option("--interval", default=500, show_default=True, type=click.IntRange(1), help="Probe interval Δ in tokens.")
-@click.option("--max-tokens-per-branch", "max_tokens", default=40_000, show_default=True, type=click.IntRange(1),
-              help="Thinking budget per branch; a branch still thinking then gets </think> forced and --answer-tokens more.")
-@click.option("--answer-tokens", default=1_500, show_default=True, type=click.IntRange(1), help="Most tokens after </think>.")
-@click.option("--probe-tokens", default=48, show_default=True, type=click.IntRange(1),
-              help="Greedy tokens a probe may decode before its \\boxed{ must close (else its answer is ERR).")
-@click.option("--probe-style", type=click.Choice(["boxed", "dynasor"]), default="boxed", show_default=True,
-              help="boxed: close the thinking and open \\boxed{; dynasor: Dynasor's in-thought suffix.")
-@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(0), help="Sampling temperature.")
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling.")
-@click.option("--top-k", default=20, show_default=True, type=click.IntRange(1, 256), help="Top-k sampling.")
-@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Min-p sampling.")
-@click.option("--instruction", default=None, help="Text appended to each question (default: Qwen's 'Please reason step by step…').")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Base seed; branch i of question q samples with a seed derived from (seed, q, i, question).")
+@protocol_options()
 @click.option("--record", "record_path", default=None, type=click.Path(dir_okay=False),
               help="Write the controller's runs as a replay environment here (project format, .json or .json.gz); "
                    "`autotts eval FILE -c SPEC --seeds 1` replays them to the same answers and tokens.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def solve_command(question: str | None, model: str | None, controller: str, questions_path: str | None,
-                  limit: int | None, compare_spec: str | None, backend: str, base_url: str, api_key: str | None,
-                  n_gpu_layers: int, threads: int | None, parallel: int, kv_type: str, kv_budget: float | None,
-                  max_branches: int, interval: int, max_tokens: int, answer_tokens: int, probe_tokens: int,
-                  probe_style: str, temperature: float, top_p: float, top_k: int, min_p: float,
-                  instruction: str | None, seed: int, record_path: str | None, as_json: bool) -> None:
+                  compare_spec: str | None, backend: str | None, base_urls: tuple[str, ...], servers_file: str | None,
+                  api_key: str | None, parallel: int, n_gpu_layers: int, threads: int | None, kv_type: str,
+                  kv_budget: float | None, request_timeout: float, retries: int, max_branches: int, interval: int,
+                  max_tokens: int, answer_tokens: int, probe_tokens: int, probe_style: str, temperature: float,
+                  top_p: float, top_k: int, min_p: float, seed: int, instruction: str | None, limit: int | None,
+                  as_json: bool, record_path: str | None) -> None:
     """Solve QUESTION (or every question of --questions) live with a controller, branch by branch, and print the
     answer, tokens spent, branches used and wall time.
 
@@ -75,7 +50,7 @@ def solve_command(question: str | None, model: str | None, controller: str, ques
       autotts solve -m Qwen3-0.6B-Q8_0.gguf -c cmc:beta=0.5 "Find the remainder when 2^100 is divided by 7."
       autotts solve -m Qwen3-0.6B-Q8_0.gguf --questions aime24.jsonl --compare sc:n=64 --n-gpu-layers -1
       autotts solve -m Qwen3-0.6B-Q8_0.gguf -c my_controller.py:beta=0.5 --questions q.jsonl --record run.json.gz
-      autotts solve --backend openai --base-url http://gpu-box:8000 -c parallel-probe "What is 1+1?"
+      autotts solve --base-url http://127.0.0.1:8000 -c parallel-probe "What is 1+1?"
     """
     from core.collect.protocol import DEFAULT_INSTRUCTION, SamplingParams
     from core.collect.questions import QuestionItem, load_questions
@@ -94,8 +69,11 @@ def solve_command(question: str | None, model: str | None, controller: str, ques
         sampling=SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p), seed=seed,
     )
     t0 = time.perf_counter()
-    bk = open_backend(backend, model, settings, base_url=base_url, api_key=api_key, parallel=parallel,
-                      n_gpu_layers=n_gpu_layers, threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget)
+    urls = server_urls(base_urls, servers_file)
+    backend = resolve_backend_kind(backend, urls)
+    bk = open_backend(backend, model, settings, base_urls=urls, api_key=api_key, parallel=parallel,
+                      n_gpu_layers=n_gpu_layers, threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget,
+                      timeout=request_timeout, retries=retries)
     try:
         solver = LiveSolver(bk, settings=settings, max_branches=max_branches, record=record_path is not None)
         baseline = LiveSolver(bk, settings=settings, max_branches=max_branches) if compare_spec else None

@@ -14,9 +14,14 @@ Two rates per width:
                 signals and Python overhead are all inside.
   all-in tok/s  branch tokens / wall time, prompt prefill included.
 
+With --http-servers 1,2 it also collects through llama-cpp-python's OpenAI-compatible server, first on one
+server and then spread over two (same requests in flight per server): aggregate branch tokens/s and each
+server's share, the multi-server scheduling's scaling.
+
 Usage (CPU here; on a GPU add --n-gpu-layers -1 and larger --tokens/--interval, e.g. 2000/500):
   python benchmarks/bench_collect.py [--model M.gguf] [--n-gpu-layers N] [--parallel 1,8,32,64]
          [--tokens 256] [--interval 128] [--probe-tokens 8] [--batched-bench PATH] [--json OUT]
+  python benchmarks/bench_collect.py --skip-engine --http-servers 1,2 [--http-parallel 4] [--http-model M.gguf]
 
 llama-batched-bench is not part of the llama-cpp-python wheel; build it from llama.cpp at the same version
 (`cmake -B b -DLLAMA_CURL=OFF [-DGGML_CUDA=on] && cmake --build b --target llama-batched-bench`) and pass its
@@ -108,8 +113,9 @@ def run_ours(model: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     def progress(pr: Any) -> None:
         last.update(tokens=pr.tokens, elapsed=pr.elapsed)
 
+    questions = [QuestionItem(QUESTION if i == 0 else f"{QUESTION} (variant {i})", "2") for i in range(args.questions)]
     with tempfile.TemporaryDirectory() as tmp:
-        collect(timed, [QuestionItem(QUESTION, "2")], settings, Path(tmp) / "run", progress=progress)  # type: ignore[arg-type]
+        collect(timed, questions, settings, Path(tmp) / "run", progress=progress)  # type: ignore[arg-type]
     engine.close()
     tokens, elapsed = last["tokens"], last["elapsed"]
     return {
@@ -118,6 +124,63 @@ def run_ours(model: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
         "decode_tok_s": round(tokens / (elapsed - timed.prefill_s), 2),
         "all_in_tok_s": round(tokens / elapsed, 2),
     }
+
+
+def start_server(model: Path, threads: int, n_ctx: int, log_dir: Path) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's OpenAI-compatible server on a free loopback port (its log goes to a file: a full pipe
+    would block it)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(log_dir / f"server-{port}.log", "wb")  # noqa: SIM115 - the child holds it
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+                             "--n_threads_batch", str(threads)], stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"llama_cpp.server did not start; see {log.name}")
+
+
+def run_http(model: Path, n_servers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Aggregate branch tokens/s of one collection spread over `n_servers` llama_cpp.server processes, each taking
+    --http-parallel concurrent requests (the same per server whatever the count)."""
+    from core.collect.openai_backend import OpenAIBackend
+
+    settings = CollectSettings(branches=args.http_branches, interval=args.interval, max_tokens=args.tokens,
+                               answer_tokens=args.answer_tokens, probe_tokens=args.probe_tokens, seed=1,
+                               sampling=SamplingParams(temperature=0.7, top_p=0.95, top_k=20))
+    questions = [QuestionItem(f"{QUESTION} (variant {i})", "2") for i in range(args.http_questions)]
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            urls = []
+            for _ in range(n_servers):
+                proc, url = start_server(model, args.http_threads, args.http_ctx, Path(tmp))
+                procs.append(proc)
+                urls.append(url)
+            bk = OpenAIBackend(urls, parallel=args.http_parallel, timeout=120, retries=2)
+            result = collect(bk, questions, settings, Path(tmp) / "run")
+            bk.close()
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+    el = result.elapsed
+    return {"servers": n_servers, "parallel_per_server": args.http_parallel, "tokens": result.tokens,
+            "seconds": round(el, 2), "all_in_tok_s": round(result.tokens / el, 1),
+            "per_server_tok_s": [round(s.tokens / el, 1) for s in result.servers]}
 
 
 def find_batched_bench(explicit: str | None) -> str | None:
@@ -156,14 +219,47 @@ def main() -> None:
     ap.add_argument("--probe-tokens", type=int, default=8, help="greedy tokens per probe (random weights never close the box)")
     ap.add_argument("--answer-tokens", type=int, default=8)
     ap.add_argument("--kv-unified", action="store_true")
+    ap.add_argument("--questions", type=int, default=1, help="questions per width (each gets as many branches as the width)")
     ap.add_argument("--batched-bench", help="path to llama.cpp's llama-batched-bench")
     ap.add_argument("--bb-ntg", type=int, default=None,
                     help="tokens generated per sequence by llama-batched-bench (default: as many as a branch of ours, "
                          "so that both attend over the same context lengths)")
+    ap.add_argument("--http-servers", default="", metavar="LIST",
+                    help="also collect through llama-cpp-python's server with this many servers, e.g. 1,2 (one "
+                         "collection spread over them, --http-parallel requests each)")
+    ap.add_argument("--http-parallel", type=int, default=4, help="concurrent requests per server")
+    ap.add_argument("--http-model", help="GGUF for the servers (default: the compact tiny model: the rows then measure "
+                                         "the client, HTTP and scheduling, not a model)")
+    ap.add_argument("--http-threads", type=int, default=1, help="llama.cpp threads per server")
+    ap.add_argument("--http-ctx", type=int, default=2048, help="--n_ctx per server (it allocates n_ctx × vocab logits)")
+    ap.add_argument("--http-questions", type=int, default=4)
+    ap.add_argument("--http-branches", type=int, default=8)
+    ap.add_argument("--skip-engine", action="store_true", help="only the --http-servers rows")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.bb_ntg is None:
         args.bb_ntg = args.tokens + args.answer_tokens
+    http_rows = []
+    if args.http_servers:
+        if args.http_model:
+            http_model = Path(args.http_model)
+        else:
+            from core.collect.tiny_model import build_tiny_qwen3
+
+            http_model = build_tiny_qwen3(Path(tempfile.mkdtemp()) / "tiny-qwen3.gguf")
+        for k in [int(x) for x in args.http_servers.split(",")]:
+            r = run_http(http_model, k, args)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            http_rows.append(r)
+        print(f"\nHTTP: {http_model.name}, {args.http_questions} questions × {args.http_branches} branches, "
+              f"{args.tokens} thinking tokens, {args.http_parallel} requests per server, {args.http_threads} thread(s) each")
+        print(f"{'servers':>8} {'tok/s (all)':>12}  per server")
+        for r in http_rows:
+            print(f"{r['servers']:>8} {r['all_in_tok_s']:>12.1f}  {', '.join(f'{x:.1f}' for x in r['per_server_tok_s'])}")
+        if args.json and args.skip_engine:
+            Path(args.json).write_text(json.dumps({"http_rows": http_rows, "args": vars(args)}, indent=2))
+    if args.skip_engine:
+        return
     model = Path(args.model) if args.model else default_model()
     widths = [int(x) for x in args.parallel.split(",")]
     probe_engine = LlamaEngine(model, parallel=1, branch_tokens=16)
@@ -197,7 +293,8 @@ def main() -> None:
         print("(llama-batched-bench not found: pass --batched-bench PATH for llama.cpp's own rate)")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(model), "model_info": info, "args": vars(args),
-                                               "prompt_tokens": n_prompt, "rows": rows}, indent=2))
+                                               "prompt_tokens": n_prompt, "rows": rows, "http_rows": http_rows},
+                                              indent=2))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     # same directory, so the rename is atomic; a unique name, so concurrent writers never share a temporary file
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")  # what is_temporary_of recognises
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
@@ -37,6 +37,14 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def is_temporary_of(name: str, target: str) -> bool:
+    """Whether the file name `name` is one of `replacing`'s temporary names for a file named `target` (left behind
+    only by a crash mid-write)."""
+    head, tail = f".{target}.", ".tmp"
+    mid = name[len(head):-len(tail)] if name.startswith(head) and name.endswith(tail) else ""
+    return len(mid) == 8 and all(c in "0123456789abcdef" for c in mid)
 
 
 def _fsync(path: Path, flags: int) -> None:

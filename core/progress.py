@@ -39,6 +39,22 @@ ProgressCallback = Callable[[Progress], None]
 """What a long operation calls after each step; an exception it raises stops the operation."""
 
 
+@dataclass(frozen=True)
+class ServerProgress:
+    """One backend's (server's) share of a collection session."""
+
+    name: str
+    """The server (`host:port`), or the backend's kind for one in this process."""
+    tokens: int = 0
+    """Branch tokens it generated in this session."""
+    branches: int = 0
+    """Branches it finished (and logged) in this session."""
+    active: int = 0
+    """Branches it holds open right now."""
+    down: str | None = None
+    """Why it was given up (its branches went to the others); None while it works."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CollectProgress(Progress):
     """A collection's progress after every decode round: `done`/`total` count branches."""
@@ -53,6 +69,10 @@ class CollectProgress(Progress):
     """Branches open right now."""
     resumed: int = 0
     """Branches found already logged when this session started."""
+    servers: tuple[ServerProgress, ...] = ()
+    """Per backend (server): tokens, branches and open branches in this session, and whether it was given up."""
+    stage: str = "collecting"
+    """"collecting", then "building store" while the store is written."""
 
     @property
     def tokens_per_second(self) -> float:

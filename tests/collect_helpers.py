@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,41 +54,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def openai_server(tiny_model: Path) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on loopback, serving the tiny model."""
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("sse_starlette")
-    pytest.importorskip("starlette_context")
-    pytest.importorskip("pydantic_settings")
+def start_server(model: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's OpenAI-compatible server on a free loopback port: (process, URL), once it answers."""
     port = free_port()
+    # the server logs a few lines per request: to a file, never to a pipe nobody reads (a full pipe blocks the
+    # server mid-answer, which looks exactly like a hung request)
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_model), "--host", "127.0.0.1",
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "4096", "--n_threads", "1", "--n_threads_batch", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError("llama_cpp.server exited: " + proc.stderr.read().decode(errors="replace")[-2000:]) from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("llama_cpp.server did not start within 90 s") from None
-                time.sleep(0.3)
-        yield url
-    finally:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2):
+                log.close()  # the child keeps its own handle
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError("llama_cpp.server exited: " + log.read().decode(errors="replace")[-2000:]) from None
+            if time.monotonic() > deadline:
+                stop_server(proc)
+                raise RuntimeError(f"llama_cpp.server did not start within {timeout:.0f} s") from None
+            time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+def _need_server_packages() -> None:
+    for mod in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
+        pytest.importorskip(mod)
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model: Path) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on loopback, serving the tiny model."""
+    _need_server_packages()
+    proc, url = start_server(tiny_model)
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def second_openai_server(tiny_model: Path) -> Iterator[str]:
+    """A second server of the same tiny model on another loopback port."""
+    _need_server_packages()
+    proc, url = start_server(tiny_model)
+    try:
+        yield url
+    finally:
+        stop_server(proc)
 
 
 def cli_command(*args: str) -> list[str]:

@@ -107,6 +107,26 @@ def test_malformed_file_exit_2(tmp_path):
     assert "question 0" in result.output and "gold_answer" in result.output
 
 
+def test_sc_beyond_the_pool_is_an_error_naming_the_fix(tiny_env):
+    result = run("eval", str(tiny_env), "-c", "sc:n=64", "--seeds", "2")
+    assert result.exit_code == 2
+    assert "sc:n=64 reads 64 branches per question but this environment holds 4" in result.output
+    assert "use -c sc:n=4" in result.output and "--branches 64" in result.output
+
+
+def test_adaptive_caps_beyond_the_pool_are_a_note(tiny_env):
+    result = run("eval", str(tiny_env), "-c", "asc", "--seeds", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert "asc may use up to 64 branches" in result.stderr and "capped at 4" in result.stderr
+    assert orjson.loads(result.stdout)["rows"][0]["controller"] == "asc"
+
+
+def test_ratios_name_their_baseline():
+    result = run("eval", "-c", "sc:n=64", "-c", "asc", "--seeds", "2", "--json")
+    rows = orjson.loads(result.stdout)["rows"]
+    assert "baseline" not in rows[0] and rows[1]["baseline"] == "sc:n=64" and rows[1]["tokens_vs_sc64"] > 0
+
+
 def test_corrupt_gzip_body_and_rejected_option_values_are_one_line_errors(tmp_path):
     import gzip
     import subprocess
@@ -120,6 +140,8 @@ def test_corrupt_gzip_body_and_rejected_option_values_are_one_line_errors(tmp_pa
         r = subprocess.run([sys.executable, "-m", "autotts", *args], capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 # ----- subcommand registration: one explicit table in autotts/cli.py, modules loaded on first use ---------------
 def test_every_subcommand_is_registered_with_its_own_summary():
     import ast

@@ -8,7 +8,9 @@ and `importlib.import_module("…")` / `__import__("…")` with a literal name):
 * additionally in core/sandbox (and only there): greenlet, on which a worker runs a cell's episodes concurrently;
 * additionally in core/collect (and only there): the local-model runtime that collection drives — llama_cpp
   (llama-cpp-python), gguf (writes the tiny test model) and math_verify with sympy (answer normalisation). These
-  are imported inside the functions that need them, so `core.collect` itself imports without the extra;
+  are imported inside the functions that need them, so `core.collect` itself imports without the extra; and
+  httpx2, the HTTP client of the OpenAI-compatible backend (the same runtime's remote form: the collector and live
+  solving drive servers through the `Backend` interface core/collect defines), also imported where used;
 * nothing else: in particular no UI, MCP, CLI, web or SDK packages (textual, rich, click, mcp, mcp_types,
   starlette, uvicorn, anthropic, …) and none of the packages layered on core (autotts, autotts_tui, mcp_server).
 
@@ -26,7 +28,11 @@ import pytest
 CORE = Path(__file__).resolve().parents[1] / "core"
 
 ALLOWED = {"core", "numpy", "numba", "scipy", "orjson", "replay_data"}
-ALLOWED_UNDER = {"collect": {"llama_cpp", "gguf", "math_verify", "sympy"}, "sandbox": {"greenlet"}}
+ALLOWED_UNDER = {
+    # httpx2: the OpenAI-compatible backend is a Backend like the llama.cpp engine, only over HTTP
+    "collect": {"llama_cpp", "gguf", "math_verify", "sympy", "httpx2"},
+    "sandbox": {"greenlet"},
+}
 LAYERS_ABOVE = {"autotts", "autotts_tui", "mcp_server"}
 NEVER = {"textual", "rich", "click", "mcp", "mcp_types", "starlette", "uvicorn", "anyio", "anthropic", "pydantic",
          "matplotlib", *LAYERS_ABOVE}
@@ -69,3 +75,5 @@ def test_the_rule_covers_every_module_and_rejects_the_layers_above():
         ["click", "mcp_server", "textual.app"]
     assert "llama_cpp" not in allowed_for(CORE / "live" / "solver.py")
     assert "llama_cpp" in allowed_for(CORE / "collect" / "engine.py")
+    assert "httpx2" in allowed_for(CORE / "collect" / "openai_backend.py")
+    assert "httpx2" not in allowed_for(CORE / "live" / "solver.py") and "httpx2" not in allowed_for(CORE / "store.py")

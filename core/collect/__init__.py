@@ -4,7 +4,8 @@ Modules: `protocol` (template, probe texts, settings), `backend` (the interface 
 batched, in-process), `openai_backend` (an OpenAI-compatible server), `sampling` and `signals` (token
 statistics), `normalise` (answers → canonical strings), `questions` (question files), `branch` (one branch's state
 machine), `writer` (durable log, resume, store), `collector` (the loop), `tiny_model` (random-weight Qwen3 GGUFs
-for tests and benchmarks). llama_cpp, gguf and math_verify (the `collect` extra) are imported only when used.
+for tests and benchmarks). llama_cpp, gguf, math_verify and httpx2 (the `collect` extra) are imported only when
+used.
 """
 
 from core.collect.backend import (

@@ -215,6 +215,7 @@ class LlamaEngine(BatchDecoder):
             "model_params": int(L.llama_model_n_params(self._model)),
             "llama_cpp_python": getattr(L, "__version__", "?"),
             "n_vocab": self.n_vocab,
+            "n_ctx_train": int(L.llama_model_n_ctx_train(self._model)),
             "kv_unified": self.kv_unified,
             "kv_type": self.kv_type,
             "kv_bytes_per_token": self.kv_bytes_per_token(),

@@ -211,3 +211,47 @@ def build_tiny_qwen3(
         w.write_tensors_to_file()
         w.close()
     return p
+
+
+DEMO_SETTINGS: dict[str, int] = {
+    "branches": 8, "parallel": 8, "interval": 16, "max_tokens": 64, "answer_tokens": 24, "probe_tokens": 8,
+}
+"""`autotts collect` settings the compact tiny model is tuned for (see DEFAULT_FAVOUR): Δ = 16, a 64-token thinking
+cap, 24 answer tokens, 8-token probes. Its branches then end in every way and a collection of a few questions takes
+seconds on one CPU core. The real defaults (Δ = 500, 40,000 thinking tokens) would only make it ramble longer."""
+
+DEMO_QUESTIONS: list[dict[str, str]] = [
+    {"question": "What is 1+1?", "gold_answer": "2"},
+    {"question": "Compute 3*7.", "gold_answer": "21"},
+    {"question": "What is $\\frac{1}{2}+\\frac{1}{4}$?", "gold_answer": "\\frac{3}{4}"},
+    {"question": "How many primes are below 10?", "gold_answer": "4"},
+]
+"""A few toy questions for the demo collection (the tiny model's answers are noise; the machinery is the point)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.collect.tiny_model [PATH] [--qwen3-0.6b-shape]`: write the tiny model (or a random-weight
+    model of Qwen3-0.6B's shape) and print how to collect with it."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m core.collect.tiny_model", description=main.__doc__)
+    ap.add_argument("path", nargs="?", default="tiny-qwen3.gguf", help="where to write the GGUF (default: %(default)s)")
+    ap.add_argument("--qwen3-0.6b-shape", dest="big", action="store_true",
+                    help="the real Qwen3-0.6B tensor shapes (~1.2 GB, f16; for speed measurements only)")
+    ap.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
+    args = ap.parse_args(argv)
+    path = build_tiny_qwen3(args.path, seed=args.seed, **(QWEN3_0_6B_SHAPE if args.big else {}))
+    size = path.stat().st_size
+    print(f"wrote {path} ({size / 1e6:.1f} MB, random weights: its text is noise)")
+    if not args.big:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_SETTINGS.items())
+        print("collect with the settings it is tuned for:")
+        print(f"  autotts collect {path} QUESTIONS.jsonl OUT {flags} --threads 1")
+        print("or serve it over HTTP:")
+        print(f"  python -m llama_cpp.server --model {path} --host 127.0.0.1 --port 8000 --n_ctx 4096")
+        print("(`autotts collect --demo` does all of this with a few built-in questions)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -131,7 +131,7 @@ def open_log(folder: str | os.PathLike, manifest: dict[str, Any]) -> BranchLog:
         old, records = read_log(path, repair=True)
         diffs = [k for k in RESULT_KEYS if old.get(k) != manifest.get(k)]
         if diffs:
-            detail = "; ".join(f"{k}: was {_short(old.get(k))}, now {_short(manifest.get(k))}" for k in diffs)
+            detail = "; ".join(d for k in diffs for d in setting_diffs(k, old.get(k), manifest.get(k)))
             raise CollectError(
                 f"{d} holds a collection made with different settings ({detail}); "
                 "rerun with the original settings to resume, or choose a new output folder"
@@ -147,7 +147,29 @@ def open_log(folder: str | os.PathLike, manifest: dict[str, Any]) -> BranchLog:
     return BranchLog(path, {"type": "manifest", "log_version": LOG_VERSION, **manifest}, [])
 
 
+def setting_diffs(key: str, old: Any, new: Any, limit: int = 6) -> list[str]:
+    """`settings.seed: was 0, now 1` for each leaf that differs between two manifest values (nested dicts are
+    walked, so the differing setting itself is named however long the rest is); at most `limit` entries."""
+    out: list[str] = []
+
+    def walk(path: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                if a.get(k, _MISSING) != b.get(k, _MISSING):
+                    walk(f"{path}.{k}", a.get(k, _MISSING), b.get(k, _MISSING))
+        else:
+            out.append(f"{path}: was {_short(a)}, now {_short(b)}")
+
+    walk(key, old, new)
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+_MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "(absent)"})()
+
+
 def _short(v: Any) -> str:
+    if v is _MISSING:
+        return "(absent)"
     s = orjson.dumps(v).decode() if not isinstance(v, str) else v
     return s if len(s) <= 80 else s[:77] + "..."
 

@@ -187,27 +187,25 @@ def open_backend(
     model: str | None,
     settings: CollectSettings,
     *,
-    base_url: str = "http://127.0.0.1:8000",
+    base_url: str | None = None,
+    base_urls: Sequence[str] = (),
     api_key: str | None = None,
     parallel: int = 64,
     n_gpu_layers: int = 0,
     threads: int | None = None,
     kv_type: str = "f16",
     kv_budget_gb: float | None = None,
+    timeout: float = 600.0,
+    retries: int = 3,
 ) -> Backend:
-    """A backend for live solving. `kind` "llama": llama.cpp in this process, `model` a GGUF path, KV sized for
-    `parallel` branches of `settings.branch_budget()` tokens; "openai": an OpenAI-compatible server at `base_url`,
-    `model` its model name (None: the first it lists), `parallel` concurrent requests."""
-    if kind == "llama":
-        if not model:
-            raise AutoTTSError("--model is required with the llama backend: pass a .gguf file")
-        from core.collect.engine import LlamaEngine
+    """A backend for live solving (`core.collect.factory.open_backend`, the one `autotts collect` uses). `kind`
+    "llama": llama.cpp in this process, `model` a GGUF path, KV sized for `parallel` branches of
+    `settings.branch_budget()` tokens; "openai": OpenAI-compatible servers at `base_urls` (or `base_url`), `model`
+    their model name (None: the first listed), `parallel` concurrent requests per server."""
+    from core.collect.factory import open_backend as open_any
 
-        return LlamaEngine(model, parallel=parallel, branch_tokens=settings.branch_budget(), n_gpu_layers=n_gpu_layers,
-                           n_threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget_gb, sampling=settings.sampling)
-    if kind == "openai":
-        from core.collect.openai_backend import OpenAIBackend
+    urls = list(base_urls) + ([base_url] if base_url else [])
+    return open_any(kind, model, settings, base_urls=urls, api_key=api_key, parallel=parallel,
+                    n_gpu_layers=n_gpu_layers, threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget_gb,
+                    timeout=timeout, retries=retries).backend
 
-        return OpenAIBackend(base_url, model=None if model in (None, "", "auto") else model, parallel=parallel,
-                             api_key=api_key, sampling=settings.sampling)
-    raise AutoTTSError(f"unknown backend {kind!r}: use llama or openai")
