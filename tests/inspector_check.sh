@@ -48,7 +48,7 @@ EOF
 
 # --- stdio ------------------------------------------------------------------------------------------------------
 inspect "$WORK/tools.json" --method tools/list || fail "tools/list: $(cat "$WORK/tools.json.err")"
-check "$WORK/tools.json" '{t["name"] for t in d["result"]["tools"]} == {"list_environments", "get_baselines", "run_controller", "inspect_trace", "get_history", "get_controller"}'
+check "$WORK/tools.json" '{t["name"] for t in d["result"]["tools"]} == {"list_environments", "get_baselines", "run_controller", "inspect_trace", "get_history", "get_controller", "compare_runs"}'
 check "$WORK/tools.json" 'all(t.get("outputSchema") for t in d["result"]["tools"])'
 
 inspect "$WORK/prompts.json" --method prompts/list || fail "prompts/list"

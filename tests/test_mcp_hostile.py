@@ -21,9 +21,9 @@ import orjson
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp_helpers import REPO, make_study, text
 
 from core.sandbox import probe_isolation
-from mcp_helpers import REPO, make_study, text
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sandbox")]
 
