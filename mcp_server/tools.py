@@ -106,9 +106,10 @@ class ObjectiveInfo(BaseModel):
     target_accuracy: float = Field(description="SC@64's accuracy (%) on the same environments, seeds and questions.")
     sc64_tokens: float = Field(description="SC@64's mean tokens per question.")
     tokens_to_sc64: float | None = Field(None, description="Tokens the β curve needs to reach SC@64's accuracy "
-                                                     "(interpolated in log tokens; None: not reached).")
+                                                           "(interpolated in log tokens; None: not reached).")
     pct_of_sc64: float | None = Field(None, description="tokens_to_sc64 as % of SC@64's tokens (lower is better).")
-    cmc_tokens_to_sc64: float | None = Field(None, None, description="The same for CMC's β curve (None: CMC does not reach it).")
+    cmc_tokens_to_sc64: float | None = Field(None, description="The same for CMC's β curve (None: CMC does not "
+                                                               "reach it).")
     pct_of_cmc: float | None = Field(None, description="tokens_to_sc64 as % of cmc_tokens_to_sc64.")
     auc: float = Field(description="Mean accuracy (%) of the curve over log10 tokens 4…6.5 (flat beyond its ends).")
     cmc_auc: float | None = Field(None, description="The same for CMC's curve.")
@@ -681,26 +682,25 @@ def _episode(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: Episode
     head = (f"{run.run_id} on {env.name}, β={beta:g}, seed {seed}{why}, question {q}: answered {_short(answer)!r} "
             f"({'correct' if correct else 'wrong'}; SC@64 {'right' if sc.correct[si, j] else 'wrong'}) with "
             f"{int(tokens):,} tokens in {len(events):,} actions.{note} Answers are compared as exact strings.")
-    limit = MAX_CHARS - len(head) - 120
     table = None
     try:
         if view == "branches":
             bv = episode_branch_view(env, q, seed, events, answer, ceiling=svc.study.max_branches,  # type: ignore[arg-type]
                                      own_budget=_own_budget(run, beta))
-            body = render_branch_view(bv, max_chars=limit, page=page)
+            head += " view=actions (only='finishes' or 'changes') lists the actions instead."
+            body = render_branch_view(bv, max_chars=MAX_CHARS - len(head) - 120, page=page)
             table = Table(columns=["branch", "finish_order", "tokens", "steps", "status", "final_answer"],
                           rows=[[r.branch, r.finish_order, r.tokens, r.steps, r.status.value,
                                  _short(r.final_answer, 24)] for r in bv.rows])
-            head += " view=actions (only='finishes' or 'changes') lists the actions instead."
         else:
             acts = action_rows(events, episode_branch_steps(env, q, seed))  # type: ignore[arg-type]
             picked = filter_actions(acts, finishes=only in ("finishes", "finishes+changes"),
                                     changes=only in ("changes", "finishes+changes"))
-            body = render_actions(picked, max_chars=limit, page=page)
             head += (f" Actions{'' if only is None else f' ({only} only: {len(picked):,} of {len(acts):,})'}: "
                      "op (open=probe_new, step=probe_more, read=full read, branch/extend/probe/prune), br = branch, "
                      "cost = tokens charged (a final step costs the branch's remainder, which may exceed Δ), "
                      "d = steps the branch has taken, fin = finished its branch, chg = changed its answer.")
+            body = render_actions(picked, max_chars=MAX_CHARS - len(head) - 120, page=page)
     except ValueError as e:  # a page out of range (the renderers say how many there are)
         raise ToolInputError(str(e)) from None
     m = re.search(r"^page (\d+)/(\d+)", body.splitlines()[-1]) if body else None
