@@ -226,6 +226,7 @@ class TraceView(BaseModel):
     page: int
     pages: int
     examples: list[list[int]] = Field([], description="[seed, question] pairs where SC@64 was right and the candidate wrong.")
+    legend: str | None = Field(None, description="What the digest's columns mean.")
     answer: str | None = None
     correct: bool | None = None
     tokens: int | None = None
@@ -237,6 +238,8 @@ class TraceView(BaseModel):
             out.append(self.body)
         elif self.table is not None:
             out.append(_render_table(self.table))
+        if self.legend:
+            out.append(self.legend)
         if self.pages > 1 and self.body is None:
             out.append(f"(page {self.page} of {self.pages}; pass page= for more)")
         if self.examples:
@@ -474,6 +477,7 @@ def get_history(svc: DiscoveryService, page: int = 1, page_size: int = 20, inclu
     runs listed apart, failed and refused runs after."""
     page_size = _check_int(page_size, "page_size", 1, 100)
     ranked, failed = svc.leaderboard(include_failed=include_failed)
+    best = {r.run_id: r for r in svc.store.leaderboard(include_failed=False)}  # each run's BestPoint row
     rows: list[tuple[str, objective_mod.LeaderboardEntry | Any]] = (
         [(str(k + 1), e) for k, e in enumerate(ranked.ranked)] + [("-", e) for e in ranked.apart]
         + [("x", r) for r in failed])
@@ -489,11 +493,12 @@ def get_history(svc: DiscoveryService, page: int = 1, page_size: int = 20, inclu
             table.rows.append([None, e.run_id, e.name[:40], e.status, None, None, None, None, None, None, None,
                                None if not e.error else e.error[:90]])
             continue
-        o = e.objective
+        o, b = e.objective, best[e.run_id]
         table.rows.append([None if k == "-" else int(k), e.run_id, e.label[:40],
                            "ranked" if e.rankable else ("probe" if not e.full_grid else "quick"),
                            _round(o.pct_of_sc64, 1), _round(o.pct_of_cmc, 1), round(o.auc, 2),
-                           round(o.best_accuracy, 2), round(o.best_accuracy_tokens), None, None, None])
+                           b.best_accuracy, None if b.tokens_at_best is None else round(b.tokens_at_best),
+                           b.beta_at_best, b.monotone, None])
     return History(total=len(rows), page=page, pages=pages, busy=svc.busy_since is not None, table=table,
                    board=objective_mod.render_leaderboard(part, max_chars=MAX_CHARS - 1500, first_rank=first)
                    if part.ranked or part.apart else None,
@@ -625,7 +630,8 @@ def _digest(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: EpisodeA
                  _short(ep.answers[si][j])] for j, q in enumerate(qids)]
         head = (f"{run.run_id}{quick} on {env.name}, β={beta:g}, seed {seed}: {int(ep.correct[si].sum())}/{n_q} "
                 f"correct, {float(ep.tokens[si].mean()):,.0f} tokens/question (SC@64: {int(sc.correct[si].sum())}/"
-                f"{n_q}). Pass question= for that episode branch by branch. {_stops_legend(own)}.")
+                f"{n_q}). Pass question= for the action-by-action trace.")
+        legend = f"{_stops_legend(own)}. Pass question= for an episode branch by branch."
     else:
         columns = ["q", "acc%", "sc64%", "lost", "won", "tokens", "opened", "max_open", "stops", "top_answer"]
         rows = []
@@ -645,17 +651,18 @@ def _digest(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: EpisodeA
         worst = [qids[int(j)] for j in worst if lost_mask[:, j].sum() > 0]
         head = (f"{run.run_id}{quick} on {env.name}, β={beta:g}: {acc:.2f}% at {float(ep.tokens.mean()):,.0f} "
                 f"tokens/question over {len(seeds)} seeds; SC@64 {100 * float(sc.correct.mean()):.2f}% at "
-                f"{float(sc.tokens.mean()):,.0f} on the same seeds and questions. Lost {int(lost_mask.sum())} "
-                f"episodes SC@64 got right, won {int(won_mask.sum())}"
-                + (f"; most lost on questions {worst}" if worst else "") +
-                ". Columns: acc%/sc64% = % of seeds right, lost/won = seeds where SC@64 was right and this wrong / "
-                f"the reverse, tokens and opened = means over seeds, top_answer = most common answer. {_stops_legend(own)}.")
-    chunk, page, pages = _page_to_fit(rows, page, page_size, lambda c: len(head) + len(_render_table(Table(
-        columns=columns, rows=c))) + 400)
+                f"{float(sc.tokens.mean()):,.0f}. Lost {int(lost_mask.sum())} episodes SC@64 got right, won "
+                f"{int(won_mask.sum())}" + (f"; most lost on questions {worst}" if worst else "") + ".")
+        legend = ("Columns: acc% / sc64% = % of seeds right (SC@64 on the same seeds and questions), lost / won = "
+                  "seeds where SC@64 was right and this wrong / the reverse, tokens and opened = means over seeds, "
+                  f"max_open = most opened, top_answer = most common answer. {_stops_legend(own)}. Pass question= "
+                  "for an episode branch by branch.")
+    chunk, page, pages = _page_to_fit(rows, page, page_size, lambda c: len(head) + len(legend) + len(_render_table(
+        Table(columns=columns, rows=c))) + 400)
     examples = [[int(seeds[s]), qids[int(j)]] for s, j in zip(*np.nonzero(lost_mask), strict=True)][:8]
     return TraceView(run_id=run.run_id, kind="digest", view="digest", env=env.name, beta=beta, seed=seed,
                      summary=head, table=Table(columns=columns, rows=chunk), page=page, pages=pages,
-                     examples=examples)
+                     examples=examples, legend=legend)
 
 
 def _episode(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: EpisodeArrays, sc: EpisodeArrays,
