@@ -416,8 +416,17 @@ def test_heldout_cli_and_no_leak_through_tools(tmp_path):
     report = tools.report_for_run(svc, rid)         # … but never shown to the agent
     assert HELDOUT not in report.text() and HELDOUT not in json.dumps(report.model_dump())
     assert HELDOUT not in tools.get_history(svc).text()
-    best = CliRunner().invoke(main, ["heldout", str(folder)])  # default: the leaderboard's best run
-    assert best.exit_code == 0 and rid in best.output and "baselines" in best.output
+    # the objective against the held-out SC@64 and CMC: a CMC-source run is CMC's curve, so its AUC is CMC's
+    obj = rep["objective"]
+    assert obj["auc"] == pytest.approx(obj["cmc_auc"]) and obj["tokens_to_sc64"] == obj["cmc_tokens_to_sc64"]
+    sc = evaluate(held, "sc:n=64", study.seeds)
+    assert obj["target_accuracy"] == pytest.approx(float(sc.per_seed_accuracy.mean()))
+    assert obj["sc64_tokens"] == pytest.approx(float(sc.per_seed_tokens.mean()))
+    quick = tools.run_controller(svc, CMC_CANDIDATE + "\n# quick\n", name="quick", seeds=1).run_id
+    best = CliRunner().invoke(main, ["heldout", str(folder)])  # default: the leaderboard's best ranked run
+    assert best.exit_code == 0 and rid in best.output and quick not in best.output and "baselines" in best.output
+    assert "tokens to reach SC@64's accuracy" in best.output and "AUC" in best.output
+    assert "vs the held-out baselines' frontier at these tokens" in best.output
 
 
 # ----- the MCP Inspector CLI ----------------------------------------------------------------------------------------

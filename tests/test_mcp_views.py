@@ -256,3 +256,19 @@ async def test_long_paper_episode_branch_view_fits_one_page(replay_dir, tmp_path
         fins, _ = await call(c, "inspect_trace", {"run_id": rid, "env": env, "question": q, "seed": 0,
                                                   "view": "actions", "only": "finishes"})
         assert "(finishes only: 48 of" in fins
+
+
+@pytest.mark.parametrize(("init", "want"), [
+    ("self.max_branches = 4 + round(60 * beta)", 34),
+    ("beta = min(1.0, max(0.0, float(beta)))\n        self.max_branches = int(8 + 16 * beta)", 16),
+    ("self.n = 10\n        self.max_branches = self.n * 2", 20),
+    ("self.max_branches = compute(beta)", None),           # not plain arithmetic: unknown
+    ("if beta > 0.3:\n            self.max_branches = 8", None),  # not straight-line: unknown
+    ("self.max_branches = 0", None),                         # not a budget
+    ("self.cap = 8", None),                                  # declares none
+])
+def test_declared_branch_budget(init, want):
+    from mcp_server.checks import check_source, declared_branch_budget
+
+    src = f"class C:\n    def __init__(self, beta=0.5):\n        {init}\n\n    def solve(self, question):\n        return None\n"
+    assert declared_branch_budget(check_source(src), 0.5) == want
