@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--level", default="auto", choices=["auto", "strict", "off"], help="Sandbox level.")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dump", type=Path, default=None, help="Write each result's text to DIR/NN-tool.txt.")
     args = ap.parse_args(argv)
 
     import anyio
@@ -203,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         study, where = study_for(Path(tmpdir) / "study", args.replay_dir, args.seeds, args.level)
         anyio.run(session, build_server(study), log)
     wall = time.perf_counter() - t0
+    if args.dump is not None:
+        args.dump.mkdir(parents=True, exist_ok=True)
+        for k, x in enumerate(log):
+            (args.dump / f"{k:02d}-{x['tool'].replace(' ', '-')}.txt").write_text(x["text"])
     tool_calls = [x for x in log if not x["tool"].startswith(("prompt", "resource"))]
     per_tool: dict[str, list[int]] = defaultdict(list)
     for x in tool_calls:

@@ -172,6 +172,11 @@ class RunReport(BaseModel):
 
     def text(self) -> str:
         out = [f"{self.run_id} '{self.name}'" + (f" {self.quick}" if self.quick else "") + f": {self.summary}"]
+        if self.duplicate_of:  # the agent has had the full report once; the structured content still carries it
+            if self.objective:
+                out.append(self.objective.text.splitlines()[0])
+            out.append(f"(inspect_trace / compare_runs with run_id={self.duplicate_of} for more)")
+            return "\n".join(out)
         if self.error:
             out.append(f"Error: {self.error}")
         if self.traceback:
@@ -183,7 +188,7 @@ class RunReport(BaseModel):
         if self.search_avg:
             seeds = f"{self.seeds} seeds" if self.seeds else "seeds"
             out.append(f"β curve, search average (± = SE over {seeds}; vs CMC = accuracy − CMC's at the same β, "
-                       "paired over seeds):")
+                       f"paired over seeds, 'noise' within 2 SE; {POSITION_LEGEND}):")
             out.append("  β     acc%  ±SE    tokens    ±SE  vs CMC           vs the baselines")
             for p in self.search_avg:
                 out.append(f"  {p.beta:<5g} {p.accuracy:5.2f} {_se(p.accuracy_se, '.2f'):>4} {p.avg_tokens:9,.0f} "
@@ -197,8 +202,8 @@ class RunReport(BaseModel):
             out.append("Per environment (acc% / tokens) by β " + _fmt_betas(self.betas) + ":")
             for row in self.per_env.rows:
                 out.append(f"  {row[0]}: " + "  ".join(row[1:]))
-        if self.baselines:
-            out.append("Baselines (search avg; * = on frontier): " + " · ".join(
+        if self.baselines and self.quick:  # a full run's are get_baselines'; a quick run's are on its episodes
+            out.append("Baselines on the same seeds and questions (search avg; * = on frontier): " + " · ".join(
                 f"{b.label}{'*' if b.on_frontier else ''} {b.accuracy:.2f}%/{b.avg_tokens:,.0f}" for b in self.baselines))
         tail = [self.timing.text if self.timing else f"{self.seconds:.1f} s"]
         if self.queued_s >= 0.05:
@@ -552,8 +557,12 @@ def compare_runs(svc: DiscoveryService, run_a: str | int, run_b: str | int, env:
             f"β{x:g} {d:+.2f}±{se:.2f}{' noise' if n else ''}" for x, d, se, n in others))
     used = sum(len(x) + 1 for x in lines)
     per = (MAX_CHARS - used - 100) // len(pooled.per_env)
+    # pooled over several environments: each one's five most different questions (env= for all of them)
+    top = None if len(pooled.per_env) == 1 else 5
     for c in pooled.per_env:
-        lines.append(render_comparison(c, max_chars=max(per, 600)))
+        lines.append(render_comparison(c, max_chars=max(per, 600), max_questions=top))
+    if top:
+        lines.append("(env= shows every differing question of one environment)")
     body = "\n".join(lines)
     return Comparison(run_a=a.run_id, run_b=b.run_id, beta=beta, envs=common_envs, seeds=first.n_seeds,
                       accuracy=_paired(pooled.accuracy), tokens=_paired(pooled.tokens), at_other_betas=others,
@@ -820,19 +829,19 @@ def _fmt_betas(betas: Sequence[float]) -> str:
     return "[" + ", ".join(f"{b:g}" for b in betas) + "]"
 
 
+POSITION_LEGEND = ("vs baselines: dominated = a baseline is as accurate for no more tokens; frontier = accuracy − "
+                   "the baselines' accuracy–tokens frontier at the same tokens (pts); then the cheapest baseline at "
+                   "least as accurate, and this point's tokens relative to its")
+
+
 def _position_text(p: BetaPoint) -> str:
-    """Where one β point lies against the baselines, each phrase naming what it compares."""
-    parts = ["dominated by a baseline" if p.dominated else "undominated"]
-    if p.accuracy_gap is None:
-        parts.append("cheaper than every baseline")
-    else:
-        parts.append(f"{p.accuracy_gap:+.2f} pts vs the baselines' frontier at these tokens")
+    """Where one β point lies against the baselines (`POSITION_LEGEND` says what each part compares)."""
+    parts = ["dominated" if p.dominated else "undominated"]
+    parts.append("below every baseline's tokens" if p.accuracy_gap is None else f"frontier {p.accuracy_gap:+.2f}")
     if p.vs and p.tokens_saved is not None:
-        saved = 100 * p.tokens_saved
-        parts.append((f"{saved:.0f}% fewer tokens than" if saved >= 0 else f"{-saved:.0f}% more tokens than")
-                     + f" {p.vs} (the cheapest baseline at least as accurate)")
+        parts.append(f"{p.vs} {0.0 - 100 * p.tokens_saved:+.0f}% tokens")  # 0.0 −: no "-0%"
     else:
-        parts.append("no baseline is as accurate")
+        parts.append("no baseline as accurate")
     return "; ".join(parts)
 
 
