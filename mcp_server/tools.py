@@ -182,22 +182,18 @@ class RunReport(BaseModel):
         if self.traceback:
             out.append(self.traceback)
         if self.objective:
-            out.append(f"Objective, search average of {len(self.envs)} env(s) (get_history ranks full runs by "
-                       "the first line):")
+            out.append(f"Objective (search average of {len(self.envs)} env(s); get_history ranks by line 1):")
             out += ["  " + line for line in self.objective.text.splitlines()]
         if self.search_avg:
             seeds = f"{self.seeds} seeds" if self.seeds else "seeds"
-            out.append(f"β curve, search average (± = SE over {seeds}; vs CMC = accuracy − CMC's at the same β, "
-                       f"paired over seeds, 'noise' within 2 SE; {POSITION_LEGEND}):")
+            out.append(f"β curve (± = SE over {seeds}; vs CMC = acc − CMC's at this β, paired, noise = within 2 SE; "
+                       f"{POSITION_LEGEND}):")
             out.append("  β     acc%  ±SE    tokens    ±SE  vs CMC           vs the baselines")
             for p in self.search_avg:
                 out.append(f"  {p.beta:<5g} {p.accuracy:5.2f} {_se(p.accuracy_se, '.2f'):>4} {p.avg_tokens:9,.0f} "
                            f"{_se(p.tokens_se, ',.0f'):>6}  {_vs_cmc_text(p):<16} {_position_text(p)}")
-            if len(self.betas) < 2:
-                out.append("Tokens monotone in β: not checked (one β)")
-            else:
-                mono = "yes" if self.monotone else "NO: " + "; ".join(self.monotone_violations)
-                out.append(f"Tokens monotone in β: {mono}")
+            if len(self.betas) >= 2 and not self.monotone:  # the summary line says monotone or one β otherwise
+                out.append("Tokens NOT monotone in β: " + "; ".join(self.monotone_violations))
         if self.per_env and len(self.envs) > 1:
             out.append("Per environment (acc% / tokens) by β " + _fmt_betas(self.betas) + ":")
             for row in self.per_env.rows:
@@ -557,8 +553,8 @@ def compare_runs(svc: DiscoveryService, run_a: str | int, run_b: str | int, env:
             f"β{x:g} {d:+.2f}±{se:.2f}{' noise' if n else ''}" for x, d, se, n in others))
     used = sum(len(x) + 1 for x in lines)
     per = (MAX_CHARS - used - 100) // len(pooled.per_env)
-    # pooled over several environments: each one's five most different questions (env= for all of them)
-    top = None if len(pooled.per_env) == 1 else 5
+    # pooled over several environments: each one's three most different questions (env= for all of them)
+    top = None if len(pooled.per_env) == 1 else 3
     for c in pooled.per_env:
         lines.append(render_comparison(c, max_chars=max(per, 600), max_questions=top))
     if top:
@@ -815,7 +811,7 @@ def _vs_cmc_text(p: BetaPoint) -> str:
     if p.vs_cmc is None or p.vs_cmc_se is None:
         return "-"
     noise = abs(p.vs_cmc) < 2 * p.vs_cmc_se or p.vs_cmc == 0
-    return f"{p.vs_cmc:+.2f}±{p.vs_cmc_se:.2f} {'noise' if noise else 'real'}"
+    return f"{round(p.vs_cmc, 2) + 0.0:+.2f}±{p.vs_cmc_se:.2f} {'noise' if noise else 'real'}"  # + 0.0: no "-0.00"
 
 
 def _short(value: Any, n: int = 30) -> str | None:
@@ -829,9 +825,8 @@ def _fmt_betas(betas: Sequence[float]) -> str:
     return "[" + ", ".join(f"{b:g}" for b in betas) + "]"
 
 
-POSITION_LEGEND = ("vs baselines: dominated = a baseline is as accurate for no more tokens; frontier = accuracy − "
-                   "the baselines' accuracy–tokens frontier at the same tokens (pts); then the cheapest baseline at "
-                   "least as accurate, and this point's tokens relative to its")
+POSITION_LEGEND = ("dominated = a baseline is as accurate for no more tokens; frontier = acc − the baselines' "
+                   "frontier at equal tokens; then the cheapest baseline at least as accurate and tokens vs it")
 
 
 def _position_text(p: BetaPoint) -> str:

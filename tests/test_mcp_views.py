@@ -117,7 +117,7 @@ async def test_objective_standard_errors_and_timing_in_run_controller(server, sv
         assert obj["pct_of_sc64"] == pytest.approx(want.pct_of_sc64) and obj["pct_of_cmc"] == pytest.approx(100.0)
     assert "tokens to reach SC@64's accuracy" in body and "vs CMC" in body and "AUC" in body
     # every "vs" phrase says what it compares (the legend above the β table)
-    assert "frontier = accuracy − the baselines' accuracy–tokens frontier at the same tokens" in body
+    assert "frontier = acc − the baselines' frontier at equal tokens" in body
     assert "the cheapest baseline at least as accurate" in body and "CMC β=0 +0% tokens" in body
     for p in sc["search_avg"]:  # a CMC-source run is CMC: zero gap to CMC at every β, within noise
         assert p["vs_cmc"] == 0 and p["accuracy_se"] >= 0 and p["tokens_se"] > 0
