@@ -556,7 +556,7 @@ def compare_runs(svc: DiscoveryService, run_a: str | int, run_b: str | int, env:
     # pooled over several environments: each one's three most different questions (env= for all of them)
     top = None if len(pooled.per_env) == 1 else 3
     for c in pooled.per_env:
-        lines.append(render_comparison(c, max_chars=max(per, 600), max_questions=top))
+        lines.append(render_comparison(c, max_chars=max(per, 600), max_questions=top, tests=top is None))
     if top:
         lines.append("(env= shows every differing question of one environment)")
     body = "\n".join(lines)
