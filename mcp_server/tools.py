@@ -832,7 +832,8 @@ POSITION_LEGEND = ("dominated = a baseline is as accurate for no more tokens; fr
 def _position_text(p: BetaPoint) -> str:
     """Where one β point lies against the baselines (`POSITION_LEGEND` says what each part compares)."""
     parts = ["dominated" if p.dominated else "undominated"]
-    parts.append("below every baseline's tokens" if p.accuracy_gap is None else f"frontier {p.accuracy_gap:+.2f}")
+    parts.append("below every baseline's tokens" if p.accuracy_gap is None
+                 else f"frontier {round(p.accuracy_gap, 2) + 0.0:+.2f}")  # + 0.0: no "-0.00"
     if p.vs and p.tokens_saved is not None:
         parts.append(f"{p.vs} {0.0 - 100 * p.tokens_saved:+.0f}% tokens")  # 0.0 −: no "-0%"
     else:
