@@ -203,17 +203,21 @@ def heldout_command(study_folder: str, run_ids: tuple[str, ...], top: int, as_js
     RUN_IDs (e.g. r0007) default to the best run(s) of the leaderboard. Results are recorded in the run store under
     the held-out split, where the MCP tools never read them.
     """
+    from core.discovery.records import objective_from_dict
     from core.discovery.service import DiscoveryService
     from core.discovery.store import parse_run_id
+    from core.objective import render_objective
 
     study = Study.open(study_folder)
     svc = DiscoveryService(study)
     if run_ids:
         ids = [parse_run_id(r) for r in run_ids]
     else:
-        ids = [r.id for r in svc.store.leaderboard(include_failed=False)[:top]]
+        ranked = svc.leaderboard(include_failed=False)[0].ranked  # by the objective; probes and quick runs never
+        ids = [parse_run_id(e.run_id) for e in ranked[:top]]
         if not ids:
-            raise AutoTTSError("no scored run in this study yet; evaluate candidates first (autotts mcp)")
+            raise AutoTTSError("no ranked run in this study yet (full β grid, every search environment, all seeds); "
+                               "evaluate candidates first (autotts mcp), or name RUN_IDs")
     show = not no_progress and not as_json
     reports: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -234,7 +238,11 @@ def heldout_command(study_folder: str, run_ids: tuple[str, ...], top: int, as_js
     for rep in reports:
         click.echo(f"{rep['run_id']} '{rep['name']}' on {len(rep['envs'])} held-out environment(s): "
                    f"{', '.join(rep['envs'])}")
-        click.echo("  β      acc%      tokens   vs baseline frontier")
+        if rep.get("objective"):
+            obj = objective_from_dict(rep["objective"])
+            click.echo("  objective on the held-out average (against the held-out SC@64 and CMC):")
+            click.echo("\n".join("    " + line for line in render_objective(obj).splitlines()))
+        click.echo("  β      acc%      tokens   vs the held-out baselines' frontier at these tokens")
         for p in rep["per_beta"]:
             gap = "" if p["accuracy_gap"] is None else f"{p['accuracy_gap']:+.2f} pts"
             click.echo(f"  {p['beta']:<5g} {p['accuracy']:6.2f} {p['avg_tokens']:11,.0f}   "

@@ -214,7 +214,7 @@ class AutoTTSApp(App[None]):
             ok = [c for c in self.candidates.values() if c.ok]
             ids = set()
             if ok:
-                ids.add(min(ok, key=lambda c: c.objective_key()).id)
+                ids.add(min(ok, key=lambda c: c.rank_key()).id)
                 ids.add(max(ok, key=lambda c: c.id).id)
             self.plot_ids = ids
         self.board.set_plotted(self.plot_ids)

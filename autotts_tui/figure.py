@@ -181,7 +181,7 @@ def figure_data_from_study(folder: str | os.PathLike, *, candidates: Sequence[st
                     raise KeyError(f"no run {rid} in {reader.folder}")
                 chosen.append(c)
         else:
-            chosen = sorted((c for c in by_id.values() if c.ok), key=lambda c: c.objective_key())[:top]
+            chosen = sorted((c for c in by_id.values() if c.ok), key=lambda c: c.rank_key())[:top]
         envs = reader.search_envs()
         per_env: dict[str, list[Curve]] = {}
         for e in envs:

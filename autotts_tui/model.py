@@ -30,6 +30,7 @@ from core.discovery.records import ResultRow, Run, TraceKey
 from core.discovery.store import RunStore
 from core.discovery.study import Study
 from core.environment import ReplayEnvironment
+from core.objective import Objective, rank_key
 from core.progress import RunProgress, read_run_progress
 from core.stats import is_monotone
 
@@ -68,14 +69,20 @@ class Candidate:
     env_scores: dict[str, dict[float, tuple[float, float]]]
     """Search environment → β → (accuracy, tokens), for per-environment plots."""
     best: BetaScore | None
-    """The discovery objective: the highest search accuracy over β, fewest tokens on ties (the server's
-    summary wins when it records one)."""
+    """The most accurate point: the highest search accuracy over β, fewest tokens on ties (the server's summary
+    wins when it records one). The leaderboard ranks by `objective` (`rank_key`)."""
     monotone: bool | None
     """Whether tokens rise with β (the single-knob rule); None with fewer than two β."""
     envs: list[str] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
     seconds: float | None = None
     audit_passed: bool | None = None
+    objective: Objective | None = None
+    """The run's objective as recorded (`RunSummary.objective`; None for failed runs and older stores)."""
+    quick: str | None = None
+    """The quick-run label (fewer seeds or questions): never ranked with full runs."""
+    errors: dict[float, tuple[float, float]] = field(default_factory=dict)
+    """β → standard errors over seeds of (accuracy, tokens) of the search average, where recorded."""
 
     def score_at(self, beta: float) -> BetaScore | None:
         for b, s in self.scores.items():
@@ -92,6 +99,15 @@ class Candidate:
         if self.best is None:
             return (math.inf, math.inf, -self.id)
         return (-self.best.accuracy, self.best.tokens, self.id)
+
+    def rank_key(self) -> tuple[int, tuple[int, float, float], int]:
+        """Ascending sort key of the search objective (`core.objective.rank_key`): full runs with a recorded
+        objective first, then quick runs, then runs without one (best accuracy first), then failed runs."""
+        if self.objective is not None:
+            return (1 if self.quick else 0, rank_key(self.objective), self.id)
+        if self.best is None:
+            return (3, (0, 0.0, 0.0), -self.id)
+        return (2, (0, -self.best.accuracy, self.best.tokens), self.id)
 
 
 def beta_scores(results: Iterable[ResultRow]) -> dict[float, BetaScore]:
@@ -133,6 +149,11 @@ def candidate_from_run(run: Run, results: list[ResultRow]) -> Candidate:
         finished=float(run.finished), error=run.error, sha256=run.sha256, scores=scores, env_scores=dict(env_scores),
         best=best, monotone=monotone, envs=list(run.envs), betas=[float(b) for b in run.betas],
         seconds=run.seconds, audit_passed=None if run.audit is None else run.audit.passed,
+        objective=None if summary is None or run.status != "ok" else summary.objective,
+        quick=None if summary is None or summary.scope is None else summary.scope.label(),
+        errors={} if summary is None else {round(float(p.beta), 9): (p.accuracy_se, p.tokens_se)
+                                            for p in summary.per_beta
+                                            if p.accuracy_se is not None and p.tokens_se is not None},
     )
 
 

@@ -169,10 +169,12 @@ def _test_line(name: str, t: PairedTest, unit: str, fmt: str) -> str:
             f"{t.ci95[1]:+{fmt}}), paired t over {t.n} seeds p = {t.p:.3g}: {verdict}")
 
 
-def render_comparison(c: RunComparison, *, max_chars: int = PAGE_CHARS, max_questions: int | None = None) -> str:
+def render_comparison(c: RunComparison, *, max_chars: int = PAGE_CHARS, max_questions: int | None = None,
+                      tests: bool = True) -> str:
     """The comparison as text: the two tests, then the questions that differ most (by |accuracy diff|, then by
-    |token diff|), as many as fit in `max_chars` (or `max_questions`)."""
-    lines = [
+    |token diff|), as many as fit in `max_chars` (or `max_questions`). `tests=False` leaves out the summary and
+    the tests (`render_pooled` gives them per environment)."""
+    lines = [] if not tests else [
         f"compare {c.a} (a) with {c.b} (b) on {c.env or 'one environment'}: {c.n_questions} questions × "
         f"{c.n_seeds} seeds, paired",
         f"a: {c.accuracy_a.mean:.2f}% ± {c.accuracy_a.se:.2f} at {c.tokens_a.mean:,.0f} ± {c.tokens_a.se:,.0f} tokens"
@@ -186,7 +188,8 @@ def render_comparison(c: RunComparison, *, max_chars: int = PAGE_CHARS, max_ques
     differing = [d for d in c.questions if d.accuracy_diff != 0 or d.tokens_diff != 0]
     order = sorted(differing, key=lambda d: (-abs(d.accuracy_diff), -abs(d.tokens_diff), d.question))
     same = c.n_questions - len(differing)
-    lines.append(f"per question ({len(differing)} differ, {same} identical), largest accuracy differences first:")
+    lines.append(("" if tests else f"{c.env}: ") + f"per question ({len(differing)} differ, {same} identical), "
+                 "largest accuracy differences first:")
     lines.append(f"{'q':>4} {'acc a%':>7} {'acc b%':>7} {'diff':>7} {'tok a':>10} {'tok b':>10} {'tok diff':>10} "
                  f"{'a>b':>4} {'b>a':>4}")
     used = sum(len(x) + 1 for x in lines)

@@ -167,6 +167,17 @@ def run_episodes(
     return Episodes(seed_arr, answers, tokens, recorded, time.perf_counter() - start)
 
 
+def reported_figures(correct: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
+    """(accuracy %, mean tokens per question) of bool[S, Q] correctness and int[S, Q] tokens, with the same
+    arithmetic, in the same order, as the paper's evaluator: per-seed means, then their mean."""
+    n_q = correct.shape[1]
+    per_seed_acc = [int(c) / n_q for c in correct.sum(axis=1).tolist()]
+    per_seed_cost = [int(t) / n_q for t in tokens.sum(axis=1).tolist()]
+    accuracy = round(100 * float(np.mean(per_seed_acc)), 2) if per_seed_acc else 0.0
+    avg_tokens = sum(per_seed_cost) / len(per_seed_cost) if per_seed_cost else 0.0
+    return accuracy, avg_tokens
+
+
 def score(env: ReplayEnvironment, episodes: Episodes, *, controller: str = "") -> EvalResult:
     """Score episodes against the gold answers exactly as the paper's evaluator reports them."""
     if env.gold_answers is None:
@@ -174,12 +185,7 @@ def score(env: ReplayEnvironment, episodes: Episodes, *, controller: str = "") -
     gold = env.gold_answers
     correct = np.array([[a is not None and a == gold[q] for q, a in enumerate(row)] for row in episodes.answers],
                        dtype=bool).reshape(len(episodes.seeds), env.n_questions)
-    n_q = env.n_questions
-    # Same arithmetic, in the same order, as the paper's evaluator: per-seed means, then their mean.
-    per_seed_acc = [int(c) / n_q for c in correct.sum(axis=1).tolist()]
-    per_seed_cost = [int(t) / n_q for t in episodes.tokens.sum(axis=1).tolist()]
-    accuracy = round(100 * float(np.mean(per_seed_acc)), 2) if per_seed_acc else 0.0
-    avg_tokens = sum(per_seed_cost) / len(per_seed_cost) if per_seed_cost else 0.0
+    accuracy, avg_tokens = reported_figures(correct, episodes.tokens)
     return EvalResult(
         env=env.name, controller=controller, accuracy=accuracy, avg_tokens=avg_tokens, seeds=episodes.seeds,
         answers=episodes.answers, correct=correct, tokens=episodes.tokens, traces=episodes.traces,

@@ -334,14 +334,15 @@ def _entry_line(pos: str, e: LeaderboardEntry) -> str:
             f"{o.best_accuracy:>6.2f} {o.best_accuracy_tokens:>10,.0f}{kind}")
 
 
-def render_leaderboard(board: Leaderboard, *, max_chars: int = PAGE_CHARS) -> str:
-    """The leaderboard as text of at most `max_chars` characters (rows beyond it are counted, not shown)."""
+def render_leaderboard(board: Leaderboard, *, max_chars: int = PAGE_CHARS, first_rank: int = 1) -> str:
+    """The leaderboard as text of at most `max_chars` characters (rows beyond it are counted, not shown).
+    `first_rank`: the rank of `board.ranked[0]`, for a page of a longer leaderboard."""
     head = [
         "rank: full-grid runs, fewest tokens to reach SC@64's accuracy (% of SC@64's tokens) first; runs that never "
         "reach it after them by AUC. Probes and quick runs are listed apart, unranked.",
         f"{'#':>4} {'run':<14} {'name':<18} {'tok/SC@64':>11} {'tok/CMC':>7} {'AUC':>6} {'best%':>6} {'at tokens':>10}",
     ]
-    body = [_entry_line(str(k + 1), e) for k, e in enumerate(board.ranked)]
+    body = [_entry_line(str(k + first_rank), e) for k, e in enumerate(board.ranked)]
     if board.apart:
         body.append("not ranked (probes: not the full β grid; quick: fewer seeds or questions):")
         body += [_entry_line("-", e) for e in board.apart]

@@ -137,3 +137,64 @@ def _defines_controller(tree: ast.Module) -> bool:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "CONTROLLER" for t in node.targets):
             return True
     return False
+
+
+# ----- the branch budget a candidate declares ------------------------------------------------------------------
+_BUDGET_FUNCS = {"min": min, "max": max, "round": round, "int": int, "float": float, "abs": abs}
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+
+
+def declared_branch_budget(tree: ast.Module, beta: float) -> int | None:
+    """The `max_branches` a candidate's `__init__` sets for `beta`, read statically (the parent never runs
+    candidate code): the convention of the controller template, and what `core.stops.own_branch_budget` reads
+    from an object. Only straight-line assignments of arithmetic over β, numbers and earlier assignments, with
+    min/max/round/int/float/abs, are followed; anything else gives None (unknown)."""
+    init = _controller_init(tree)
+    if init is None or not init.args.args[1:]:
+        return None
+    env: dict[str, float] = {init.args.args[1].arg: float(beta)}
+    for stmt in init.body:
+        if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+            continue
+        target = stmt.targets[0]
+        key = target.id if isinstance(target, ast.Name) else (
+            f"self.{target.attr}" if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+            and target.value.id == "self" else None)
+        if key is None:
+            continue
+        try:
+            env[key] = _arith(stmt.value, env)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+            env.pop(key, None)  # a later read of it is unknown, not stale
+    value = env.get("self.max_branches")
+    return int(value) if value is not None and value == int(value) and value > 0 else None
+
+
+def _controller_init(tree: ast.Module) -> ast.FunctionDef | None:
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)
+               and any(isinstance(b, ast.FunctionDef) and b.name == "solve" for b in n.body)}
+    named = [n.value.id for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Name)
+             and any(isinstance(t, ast.Name) and t.id == "CONTROLLER" for t in n.targets)]
+    cls = classes.get(named[0]) if named else (next(iter(classes.values())) if len(classes) == 1 else None)
+    if cls is None:
+        return None
+    return next((b for b in cls.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+
+
+def _arith(node: ast.expr, env: dict[str, float]) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.Name):
+        return env[node.id]
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return env[f"self.{node.attr}"]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        v = _arith(node.operand, env)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return float(_BINOPS[type(node.op)](_arith(node.left, env), _arith(node.right, env)))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BUDGET_FUNCS \
+            and not node.keywords and node.args:
+        return float(_BUDGET_FUNCS[node.func.id](*(_arith(a, env) for a in node.args)))  # type: ignore[operator]
+    raise ValueError("not simple arithmetic")

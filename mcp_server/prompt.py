@@ -52,6 +52,46 @@ class ConfidentVote:
 """A complete, valid candidate (tests run it); the format resource shows it."""
 
 
+SCORING = """\
+## How answers are scored
+An answer is right when it is exactly the gold answer string: no normalisation, no numeric comparison
+(`"0.5"` is not `"1/2"`, `" 7"` is not `"7"`). A probe answer such as "ERR" (what a model answers mid-thought
+before it has one) is a string like any other: returned, it is simply wrong; it also counts as a vote in
+`majority`/`vote_stats` unless you filter it out. None scores 0.
+
+## What the results say
+* run_controller — *Objective*: tokens your β curve needs to reach SC@64's search accuracy, interpolated between
+  β points linearly in log tokens ("not reached" if no β reaches it), as % of SC@64's tokens; the same as % of
+  what CMC's β curve needs; AUC = mean accuracy over log10 tokens 4 … 6.5 (the curve held flat beyond its end
+  points). The leaderboard ranks full runs by the first (lower is better), runs that never reach SC@64 after
+  them by AUC. *β table*: acc% and mean tokens per question averaged over the search environments, ± their
+  standard error over seeds; *vs CMC* = accuracy minus CMC's at the same β, paired over seeds, "noise" when
+  within 2 standard errors; *vs the baselines* = dominated or not, the accuracy gap to the baselines' frontier at
+  the same tokens, and the token difference to the cheapest baseline at least as accurate. Differences of a few
+  tenths of a point on tens of questions are usually noise: check with compare_runs.
+* Quick runs (`seeds=`, `questions=`) are compared with the baselines on the same seeds and questions, labelled
+  QUICK and never ranked with full runs. Each result gives wall and CPU time, episodes per second and the
+  machine's load (a busy machine makes evaluations slower, never different).
+* inspect_trace digest — acc% / sc64% = share of seeds right (yours / SC@64's); lost / won = seeds where SC@64
+  was right and you wrong / the reverse; tokens, opened = means over seeds; max_open = most branches opened;
+  stops = why episodes stopped opening branches: own stop (branches still allowed), own budget (reached your
+  `self.max_branches`), ceiling (the study's), pool used up (every branch opened).
+* inspect_trace episode (`question=`) — the branch view: per branch its opening order (br), finish order
+  (fin), tokens, steps taken (stp), status (finished, pruned, running = left running when you answered, read =
+  read in full) and its answers step by step run-length compressed (`ERR×3 7×2 601×14`; `·` = not revealed).
+  A final step costs the branch's remaining tokens, which can be more or less than Δ. `view="actions"` lists
+  the actions, `only="finishes"` / `"changes"` filters them.
+* compare_runs(a, b) — per-question differences and paired t-tests over seeds of accuracy and tokens.
+Every result fits in 8,000 characters; longer ones say "page k/N" — pass `page=`.
+"""
+"""How runs are scored and how to read the tools' results (the format resource and autotts://study carry it)."""
+
+
+def scoring_notes() -> str:
+    """The scoring and column notes, as the study resource carries them."""
+    return SCORING
+
+
 def controller_format() -> str:
     """The controller-format resource: what a candidate module must look like."""
     return f"""\
@@ -101,8 +141,10 @@ retires it. Also `question.is_finished(i)`, `question.depth(i)`, `question.num_o
 `question.fresh_branches_left` and `question.probe_freq` (Δ).
 
 Opening more than the study's ceiling of branches per question (64 by default: count probe_new, branch and
-full reads) gets the run refused.
+full reads) gets the run refused. Set `self.max_branches` in `__init__` by plain arithmetic of β (as the example
+does) and inspect_trace can tell an episode that used up your own budget from one that stopped on its own.
 
+{SCORING}
 ## Example (a complete, valid candidate)
 ```python
 {EXAMPLE_CONTROLLER}```
@@ -135,9 +177,10 @@ well your controller generalises, so do not tune to quirks of individual questio
 
 ## The objective and the rules
 1. Accuracy first, then tokens. A controller is judged as a curve: accuracy and mean tokens per question at
-   each β of the grid [{betas}], averaged over the search environments, set against the frontier of the
-   baselines (SC@64 majority voting, ASC, ESC, Parallel-Probe, and the CMC curve over the same β grid).
-   Beating the frontier means more accuracy at the same tokens, or the same accuracy for fewer.
+   each β of the grid [{betas}], averaged over the search environments, set against the baselines (SC@64
+   majority voting, ASC, ESC, Parallel-Probe, and the CMC curve over the same β grid). The number to minimise:
+   the tokens your curve needs to reach SC@64's accuracy, as % of SC@64's tokens (run_controller reports it,
+   with the same against CMC's curve and an AUC; get_history ranks full runs by it).
 2. One knob. The controller takes a single β in [0, 1] and derives every internal setting from it. Its token
    cost must rise (never fall) as β rises, on every environment: run_controller reports any violation.
 3. At most {study.max_branches} branches per question; exceeding it gets the run refused.
@@ -149,14 +192,19 @@ well your controller generalises, so do not tune to quirks of individual questio
 * `list_environments` — the search environments and the study's settings.
 * `get_baselines` — the baselines' accuracy and tokens, per environment and averaged, and which lie on the
   frontier. Look at these first to know the target.
-* `run_controller(code, name?, betas?, envs?)` — evaluates your module (sandboxed) and records it. It returns a
-  run id, per-β search averages with their position against the frontier, per-environment numbers, the
-  monotonicity check, and for failures the error with the relevant traceback lines. Evaluations run one at a
-  time; a full run can take a minute or more, so use `betas=[...]` or `envs=[...]` for quick checks.
-* `inspect_trace(run_id, env?, beta?)` — a per-question digest: accuracy, tokens, branches opened, how each
-  episode stopped, and where SC@64 was right but your controller wrong. Add `question=` (and `seed=`) for the
-  action-by-action trace of one episode; long traces are paged (`page=`).
+* `run_controller(code, name?, betas?, envs?, seeds?, questions?)` — evaluates your module (sandboxed) and
+  records it. It returns a run id, the objective as numbers, per-β search averages with standard errors and
+  their position against the baselines, per-environment numbers, the monotonicity check, timing, and for
+  failures the error with the relevant traceback lines. Evaluations run one at a time; a full run can take a
+  minute or more, so use `seeds=`, `questions=`, `betas=[...]` or `envs=[...]` for quick checks (labelled,
+  never ranked).
+* `inspect_trace(run_id, env?, beta?)` — a per-question digest: accuracy, tokens, branches opened, why each
+  episode stopped, and where SC@64 was right but your controller wrong. Add `question=` (and `seed=`) for one
+  episode branch by branch (`view="actions"` for its actions, `only="finishes"` or `"changes"`).
+* `compare_runs(run_a, run_b, env?, beta?)` — per-question differences and whether the difference is noise.
 * `get_history` — the leaderboard of every candidate so far; `get_controller(run_id)` — a candidate's source.
+The resource `autotts://controller-format` says how answers are scored (exact strings) and what every column
+of these results means.
 
 ## How to work
 Start from a simple controller you understand, measure it, then study its failures with inspect_trace before

@@ -28,7 +28,7 @@ from core.discovery.service import DiscoveryService
 from core.discovery.study import Study
 from core.errors import AutoTTSError
 from mcp_server import tools
-from mcp_server.prompt import controller_format, discover_prompt
+from mcp_server.prompt import controller_format, discover_prompt, scoring_notes
 
 log = logging.getLogger("autotts.mcp")
 
@@ -44,6 +44,8 @@ INSTRUCTIONS = (
 
 def _result(model: BaseModel, *, is_error: bool = False) -> CallToolResult:
     text = model.text() if hasattr(model, "text") else model.model_dump_json()
+    if len(text) > tools.MAX_CHARS:  # the tools page to fit; this backstop keeps an agent's context safe regardless
+        text = text[: tools.MAX_CHARS - 120] + "\n… (cut at 8,000 characters: ask for a page or a narrower view)"
     return CallToolResult(content=[TextContent(type="text", text=text)],
                           structured_content=model.model_dump(mode="json", exclude_none=True), is_error=is_error)
 
@@ -102,11 +104,18 @@ def build_server(study: Study | DiscoveryService, *, name: str = "autotts", toke
         name: Annotated[str | None, Field(description="A short name for this candidate (the idea it tries).")] = None,
         betas: Annotated[list[float] | None, Field(description="β values to evaluate; default the study's grid.")] = None,
         envs: Annotated[list[str] | None, Field(description="Search environments; default all.")] = None,
+        seeds: Annotated[int | None, Field(description="Quick mode: evaluate only the first N seeds (default: the "
+                                                       "study's all). Labelled QUICK and never ranked.")] = None,
+        questions: Annotated[list[int] | None, Field(description="Quick mode: evaluate only these question indices "
+                                                                 "of every environment.")] = None,
     ) -> Annotated[CallToolResult, tools.RunReport]:
         """Evaluate a controller in the sandbox on the search environments at each β, record it, and report: a run
-        id, per-β search averages and their position against the baselines' frontier, per-environment accuracy and
-        tokens, whether tokens rise monotonically with β, and for a failure the error with its traceback lines.
-        Evaluations run one at a time (a second call waits for the first). Sends progress notifications."""
+        id; the objective as numbers (tokens to reach SC@64's accuracy as % of SC@64's tokens and of CMC's, AUC);
+        per-β search averages with standard errors over seeds, the paired gap to CMC at the same β and the position
+        against the baselines; per-environment accuracy and tokens; whether tokens rise monotonically with β; wall
+        and CPU time and machine load; for a failure the error with its traceback lines. `seeds=`/`questions=` make
+        a quick run, labelled and never ranked with full runs. Evaluations run one at a time (a second call waits
+        for the first). Sends progress notifications."""
         async def send(done: float, total: float | None, message: str) -> None:
             try:
                 await ctx.report_progress(done, total, message)
@@ -119,7 +128,7 @@ def build_server(study: Study | DiscoveryService, *, name: str = "autotts", toke
             except Exception:
                 log.debug("progress hand-off failed", exc_info=True)
 
-        report = await _call(tools.run_controller, svc, code, name, betas, envs, progress)
+        report = await _call(tools.run_controller, svc, code, name, betas, envs, progress, seeds, questions)
         return _result(report, is_error=report.status != "ok")
 
     @tool(read_only)
@@ -130,13 +139,35 @@ def build_server(study: Study | DiscoveryService, *, name: str = "autotts", toke
         question: Annotated[int | None, Field(description="Question index: show that episode's actions.")] = None,
         seed: Annotated[int | None, Field(description="Shuffle seed; with question, default the first seed the "
                                                       "candidate got wrong.")] = None,
-        page: Annotated[int, Field(description="Page of the table, from 1.")] = 1,
-        page_size: Annotated[int | None, Field(description="Rows per page (digest ≤200, actions ≤300).")] = None,
+        page: Annotated[int, Field(description="Page, from 1 (every page fits in 8,000 characters).")] = 1,
+        page_size: Annotated[int | None, Field(description="Digest rows per page (≤200; lowered to fit).")] = None,
+        view: Annotated[str, Field(description="With question: 'branches' (default: one row per branch) or "
+                                               "'actions' (one row per action).")] = "branches",
+        only: Annotated[str | None, Field(description="With view='actions': 'finishes', 'changes' (answer "
+                                                      "changes) or 'finishes+changes'.")] = None,
     ) -> Annotated[CallToolResult, tools.TraceView]:
         """Without `question`: a per-question digest for one environment and β (accuracy, tokens, branches opened,
-        how episodes stopped, where SC@64 was right and the candidate wrong); with `seed` only, one row per question
-        for that seed. With `question`: the action-by-action trace of one episode (re-run in the sandbox), paged."""
-        return _result(await _call(tools.inspect_trace, svc, run_id, env, beta, question, seed, page, page_size))
+        why episodes stopped: own stop / own budget / the study's ceiling / pool used up, where SC@64 was right and
+        the candidate wrong); with `seed` only, one row per question for that seed. With `question`: one episode
+        (re-run in the sandbox) branch by branch: opening and finishing order, tokens, steps, final answer, whether
+        it finished, was pruned or was left running, and its answers by step run-length compressed; or with
+        view='actions' its actions, filterable to finishes or answer changes. Paged to 8,000 characters."""
+        return _result(await _call(tools.inspect_trace, svc, run_id, env, beta, question, seed, page, page_size,
+                                   view, only))
+
+    @tool(read_only)
+    async def compare_runs(
+        run_a: Annotated[str, Field(description="A scored run id, e.g. r0007.")],
+        run_b: Annotated[str, Field(description="Another scored run id.")],
+        env: Annotated[str | None, Field(description="One search environment; default all both ran on, "
+                                                     "pooled with equal weight.")] = None,
+        beta: Annotated[float | None, Field(description="β to compare at; default 0.5 (or the middle common β).")]
+        = None,
+    ) -> Annotated[CallToolResult, tools.Comparison]:
+        """Compare two runs on the seeds and questions both evaluated (a − b): paired t-tests over seeds of the
+        accuracy and token differences saying whether each is more than noise, the accuracy difference at every
+        other common β, and per question the accuracy and token differences, largest first."""
+        return _result(await _call(tools.compare_runs, svc, run_a, run_b, env, beta))
 
     @tool(read_only)
     async def get_history(
@@ -144,8 +175,10 @@ def build_server(study: Study | DiscoveryService, *, name: str = "autotts", toke
         page_size: Annotated[int, Field(description="Runs per page (≤100).")] = 20,
         include_failed: Annotated[bool, Field(description="Also list failed and refused runs.")] = True,
     ) -> Annotated[CallToolResult, tools.History]:
-        """The leaderboard of candidates so far: best search-average accuracy over β (then fewer tokens), the β and
-        tokens there, monotonicity, how many β points are undominated by the baselines; failed runs after."""
+        """The leaderboard: full-grid runs ranked by the tokens their β curve needs to reach SC@64's search accuracy
+        (% of SC@64's tokens; then runs that never reach it, by AUC), with the same against CMC's curve, the AUC and
+        the most accurate point; probes (part of the β grid or of the environments) and quick runs listed apart,
+        unranked; failed and refused runs after."""
         return _result(await _call(tools.get_history, svc, page, page_size, include_failed))
 
     @tool(read_only)
@@ -162,11 +195,14 @@ def build_server(study: Study | DiscoveryService, *, name: str = "autotts", toke
         return controller_format()
 
     @server.resource("autotts://study", name="study", mime_type="application/json",
-                     description="This study's search environments, β grid, branch ceiling and seeds.")
+                     description="This study's search environments, β grid, branch ceiling and seeds, and how runs "
+                                 "are scored and ranked.")
     def study_resource() -> str:
         import json
 
-        return json.dumps(svc.study.summary(), indent=1)
+        # the folder is the server's own business (it holds the run store), not the agent's
+        doc = {k: v for k, v in svc.study.summary().items() if k != "folder"}
+        return json.dumps(doc | {"scoring": scoring_notes()}, indent=1)
 
     @server.prompt(name="discover", description="Brief for a discovery session: the environment, the objective, "
                                                 "the rules (single monotone β, 64-branch ceiling, no oracle), the tools.")

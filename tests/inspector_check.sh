@@ -48,7 +48,7 @@ EOF
 
 # --- stdio ------------------------------------------------------------------------------------------------------
 inspect "$WORK/tools.json" --method tools/list || fail "tools/list: $(cat "$WORK/tools.json.err")"
-check "$WORK/tools.json" '{t["name"] for t in d["result"]["tools"]} == {"list_environments", "get_baselines", "run_controller", "inspect_trace", "get_history", "get_controller"}'
+check "$WORK/tools.json" '{t["name"] for t in d["result"]["tools"]} == {"list_environments", "get_baselines", "run_controller", "inspect_trace", "get_history", "get_controller", "compare_runs"}'
 check "$WORK/tools.json" 'all(t.get("outputSchema") for t in d["result"]["tools"])'
 
 inspect "$WORK/prompts.json" --method prompts/list || fail "prompts/list"
@@ -98,7 +98,7 @@ TOKEN="$(cat "$WORK/token")"
 URL="http://127.0.0.1:$PORT/mcp"
 npx -y "$INSPECTOR" --cli "$URL" --header "Authorization: Bearer $TOKEN" --method tools/list --format json \
   >"$WORK/http-tools.json" 2>"$WORK/http-tools.err" || fail "HTTP tools/list: $(cat "$WORK/http-tools.err")"
-check "$WORK/http-tools.json" 'len(d["result"]["tools"]) == 6'
+check "$WORK/http-tools.json" 'len(d["result"]["tools"]) == 7'
 npx -y "$INSPECTOR" --cli "$URL" --header "Authorization: Bearer $TOKEN" --method tools/call \
   --tool-name get_history --format json >"$WORK/http-history.json" 2>"$WORK/http-history.err" || fail "HTTP get_history"
 check "$WORK/http-history.json" '"inspector" in json.dumps(d)'

@@ -103,6 +103,9 @@ def test_render_stays_within_limit_and_lists_biggest_first():
     diffs = [abs(float(r[3])) for r in rows]
     assert diffs == sorted(diffs, reverse=True)
     assert "more differing" in render_comparison(c, max_questions=3)
+    bare = render_comparison(c, max_questions=3, tests=False)  # the table alone, for a pooled comparison
+    assert bare.startswith("demo: per question (") and "paired t" not in bare
+    assert bare.splitlines()[2:5] == text.splitlines()[7:10]  # the same three biggest rows
 
 
 def test_compare_runs_refuses_mismatched_runs():

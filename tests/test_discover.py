@@ -92,7 +92,8 @@ def test_two_rounds_end_to_end(api_env, study):
     first = fake.requests[0]
     assert first["model"] == MODEL and first["max_tokens"] == 1024 and "temperature" not in first
     assert {t["name"] for t in first["tools"]} == {"list_environments", "get_baselines", "run_controller",
-                                                   "inspect_trace", "get_history", "get_controller"}
+                                                   "inspect_trace", "get_history", "get_controller",
+                                                   "compare_runs"}
     assert "run_controller" in first["system"][0]["text"] and "FINAL:" in first["system"][0]["text"]
     assert fake.requests[1] == first  # the 529 was retried with the same request
 

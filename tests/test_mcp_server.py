@@ -32,7 +32,8 @@ from mcp_server.server import build_server
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"list_environments", "get_baselines", "run_controller", "inspect_trace", "get_history", "get_controller"}
+TOOLS = {"list_environments", "get_baselines", "run_controller", "inspect_trace", "get_history", "get_controller",
+         "compare_runs"}
 
 NON_MONOTONE = '''
 from core.primitives import majority
@@ -98,8 +99,11 @@ async def test_tools_prompt_and_resources_are_listed(server):
         assert HELDOUT not in brief
         fmt = (await c.read_resource("autotts://controller-format")).contents[0].text
         assert "get_new_branch_final_answer" in fmt and "class ConfidentVote" in fmt and "None" in fmt
+        assert "exactly the gold answer string" in fmt and '"ERR"' in fmt and "max_open" in fmt
         study_doc = json.loads((await c.read_resource("autotts://study")).contents[0].text)
         assert study_doc["search"] == list(SEARCH) and study_doc["heldout"] == 1
+        assert "folder" not in study_doc and "runs.sqlite" not in json.dumps(study_doc)
+        assert "exactly the gold answer string" in study_doc["scoring"]
 
 
 async def test_list_environments_hides_heldout(server):
@@ -144,7 +148,11 @@ async def test_run_controller_reports_against_baselines_with_progress(server, st
         assert set(p) >= {"beta", "accuracy", "avg_tokens", "dominated"}
     assert seen and seen[0][2] and seen[-1][0] >= seen[0][0]
     body = text(r)
-    assert "Search average" in body and "monotone" in body and len(body) < 6000
+    assert "search average" in body and "monotone" in body and len(body) < 6000
+    assert "Objective" in body and "of SC@64's" in body and sc["objective"]["auc"] > 0
+    assert sc["timing"]["wall_s"] > 0 and sc["timing"]["cores"] >= 1 and "episodes/s" in body
+    assert sc["seeds"] == study.n_seeds and "quick" not in sc
+    assert all(p["accuracy_se"] is not None and p["tokens_se"] is not None for p in sc["search_avg"])
     assert len(json.dumps(sc)) < 8000
 
 
@@ -181,19 +189,30 @@ async def test_inspect_trace_digest_episode_and_paging(server, svc, study, examp
         per_seed = await c.call_tool("inspect_trace", {"run_id": rid, "seed": 2})
         assert per_seed.structured_content["table"]["columns"][:3] == ["q", "correct", "sc64_correct"]
         e = await c.call_tool("inspect_trace", {"run_id": rid, "env": SEARCH[0], "beta": 0.5, "question": 1,
-                                                "seed": 3, "page_size": 300})
+                                                "seed": 3})
         assert not e.is_error, text(e)
         ep = e.structured_content
-        assert ep["kind"] == "episode" and ep["seed"] == 3 and ep["question"] == 1
-        rows = ep["table"]["rows"]
-        assert rows[0][1] == "open" and rows[-1][5] == ep["tokens"] == sum(row[3] for row in rows)
+        assert ep["kind"] == "episode" and ep["view"] == "branches" and ep["seed"] == 3 and ep["question"] == 1
+        branches = ep["table"]["rows"]  # branch, finish_order, tokens, steps, status, final_answer
+        assert [b[0] for b in branches] == list(range(len(branches))) and sum(b[2] for b in branches) == ep["tokens"]
+        assert {b[4] for b in branches} <= {"finished", "pruned", "running", "read"}
+        assert "Branch view" in text(e) and "answers by step" in text(e) and "stop:" in text(e)
         recorded = svc.store.results(rid, env=SEARCH[0], beta=0.5, with_episodes=True)[0].episodes
         assert ep["tokens"] == int(recorded.tokens[3, 1]) and ep["answer"] == recorded.answers[3][1]
         assert "NOTE" not in ep["summary"]  # the re-run matched the recorded episode
         assert svc.store.trace(int(rid[1:]), TraceKey(SEARCH[0], 0.5, 3, 1)) is not None  # cached for next time
-        small = await c.call_tool("inspect_trace", {"run_id": rid, "env": SEARCH[0], "beta": 0.5, "question": 1,
-                                                    "seed": 3, "page_size": 5, "page": 2})
-        assert small.structured_content["table"]["rows"][0][0] == 5
+        acts = await c.call_tool("inspect_trace", {"run_id": rid, "env": SEARCH[0], "beta": 0.5, "question": 1,
+                                                   "seed": 3, "view": "actions"})
+        lines = acts.structured_content["body"].splitlines()
+        assert lines[0].split()[:2] == ["#", "op"] and lines[1].split()[:2] == ["0", "open"]
+        assert len(lines) - 1 == ep["actions"] == acts.structured_content["actions"]
+        fins = await c.call_tool("inspect_trace", {"run_id": rid, "env": SEARCH[0], "beta": 0.5, "question": 1,
+                                                   "seed": 3, "view": "actions", "only": "finishes"})
+        fin_rows = fins.structured_content["body"].splitlines()[1:]
+        assert fin_rows and all(r.endswith("fin") or " fin" in r for r in fin_rows)
+        assert len(fin_rows) == sum(1 for b in branches if b[4] == "finished" or b[1] is not None)
+        bad = await c.call_tool("inspect_trace", {"run_id": rid, "question": 1, "view": "actions", "only": "x"})
+        assert bad.is_error and "finishes" in text(bad)
         default_seed = await c.call_tool("inspect_trace", {"run_id": rid, "question": 0})
         assert not default_seed.is_error and default_seed.structured_content["seed"] is not None
 
@@ -204,7 +223,8 @@ async def test_history_and_get_controller(server, example_run):
         g = await c.call_tool("get_controller", {"run_id": example_run.run_id})
         paged = await c.call_tool("get_history", {"page_size": 1, "page": 1})
     assert not h.is_error and example_run.run_id in text(h)
-    assert h.structured_content["table"]["columns"][:3] == ["run", "name", "status"]
+    assert h.structured_content["table"]["columns"][:4] == ["rank", "run", "name", "kind"]
+    assert "tok/SC@64" in text(h) and "% of SC@64's tokens" in text(h)
     assert not g.is_error and g.structured_content["source"] == EXAMPLE_CONTROLLER.rstrip("\n")
     assert paged.structured_content["pages"] == paged.structured_content["total"] >= 1
 
@@ -396,8 +416,17 @@ def test_heldout_cli_and_no_leak_through_tools(tmp_path):
     report = tools.report_for_run(svc, rid)         # … but never shown to the agent
     assert HELDOUT not in report.text() and HELDOUT not in json.dumps(report.model_dump())
     assert HELDOUT not in tools.get_history(svc).text()
-    best = CliRunner().invoke(main, ["heldout", str(folder)])  # default: the leaderboard's best run
-    assert best.exit_code == 0 and rid in best.output and "baselines" in best.output
+    # the objective against the held-out SC@64 and CMC: a CMC-source run is CMC's curve, so its AUC is CMC's
+    obj = rep["objective"]
+    assert obj["auc"] == pytest.approx(obj["cmc_auc"]) and obj["tokens_to_sc64"] == obj["cmc_tokens_to_sc64"]
+    sc = evaluate(held, "sc:n=64", study.seeds)
+    assert obj["target_accuracy"] == pytest.approx(float(sc.per_seed_accuracy.mean()))
+    assert obj["sc64_tokens"] == pytest.approx(float(sc.per_seed_tokens.mean()))
+    quick = tools.run_controller(svc, CMC_CANDIDATE + "\n# quick\n", name="quick", seeds=1).run_id
+    best = CliRunner().invoke(main, ["heldout", str(folder)])  # default: the leaderboard's best ranked run
+    assert best.exit_code == 0 and rid in best.output and quick not in best.output and "baselines" in best.output
+    assert "tokens to reach SC@64's accuracy" in best.output and "AUC" in best.output
+    assert "vs the held-out baselines' frontier at these tokens" in best.output
 
 
 # ----- the MCP Inspector CLI ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ WRITTEN_AT = "<fixture folder>"
 
 ADDED_SINCE = {"after_heldout": False}
 """Leaderboard fields added after the fixture was written, with the value an old run must read as."""
+
+TUI_ADDED_SINCE = {"objective": None, "quick": None, "errors": {}}
+"""TUI candidate fields added since, with the value an old run must read as (it recorded no objective, scope or
+standard errors)."""
 
 
 def _as_written(entry: dict[str, Any]) -> dict[str, Any]:
@@ -159,17 +164,115 @@ def test_discovery_log_reads_identically(store: RunStore, golden: dict[str, Any]
     assert {str(k): list(v) for k, v in log.run_rounds().items()} == golden["run_rounds"]
 
 
+def _rephrased(old: str) -> str:
+    """The old release's "vs baselines" phrases as this release words them (a legend above the β table says what
+    each part compares)."""
+    s = re.sub(r"saves (\d+)% tokens vs ([^;\n]+)", lambda m: f"{m[2]} {-int(m[1]):+d}% tokens", old)
+    s = re.sub(r"(\d+)% more tokens than ([^;\n]+)", lambda m: f"{m[2]} +{m[1]}% tokens", s)
+    s = re.sub(r"([+-]\d+\.\d\d) pts vs frontier", r"frontier \1", s)
+    s = s.replace("cheaper than every baseline", "below every baseline's tokens")
+    # the digest's stop labels are explained in its legend now, beside the other columns
+    return s.replace(" stops: early = stopped on its own, ceiling = hit the branch cap, all = used every branch.", "")
+
+
+def _report_reads_the_same(old: str, new: str) -> None:
+    """Every line of the old report is in the new one (rephrased where the wording changed); each row of its β
+    table is in the new β table with the same β, accuracy, tokens and position against the baselines. The new
+    report adds the objective, standard errors and vs-CMC columns, which the old release did not record."""
+    rows = {line.split()[0]: line for line in new.splitlines() if line.startswith("  ") and line.split()}
+    for line in old.splitlines():
+        if line.startswith(("Search average over", "  β     acc%")):
+            continue  # the table's title and header, now naming the standard errors and the vs-CMC column
+        if line.startswith("Baselines (search avg"):
+            continue  # a full run's baselines are get_baselines' (checked above), no longer repeated per run
+        if line == "Tokens monotone in β: yes":
+            assert "; tokens monotone in β" in new.splitlines()[0]  # said once, in the verdict
+            continue
+        m = re.match(r"  (\S+)\s+(\d+\.\d\d)\s+([\d,]+)   (.*)$", line)
+        if m:
+            beta, acc, tokens, position = m.groups()
+            got = rows[beta]
+            assert f" {acc} " in got and f" {tokens} " in got and got.endswith(_rephrased(position)), (line, got)
+        else:
+            assert _rephrased(line) in new, line
+
+
+_OLD_STOPS = {"early": ("own stop", "own budget"), "ceiling": ("ceiling", "own budget"),
+              "all": ("pool used up", "ceiling", "own budget")}
+"""Old stop labels and the new ones the same episodes may read as (core.stops checks the own budget first)."""
+
+
+def _digest_reads_the_same(old: str, view: tools.TraceView) -> None:
+    """The digest's rows carry the same values; its stops cell counts the same episodes, now with the reasons
+    told apart (an old "early" is an own stop or the candidate's own budget)."""
+    lines = old.splitlines()
+    assert _rephrased(lines[0]) == view.summary
+    head = lines.index(next(x for x in lines if x.startswith("q ")))
+    assert lines[head].split() == view.table.columns
+    old_rows = [x for x in lines[head + 1:] if x and x[0].isdigit()]
+    assert len(old_rows) == len(view.table.rows)
+    for line, row in zip(old_rows, view.table.rows, strict=True):
+        cells = line.split()
+        assert ["-" if c is None else str(c) for c in row[:8]] == cells[:8], (line, row)
+        if cells[8] == "?":  # the old release recorded no branch counts for this run
+            assert row[8] == "?" and row[9] == " ".join(cells[9:])
+            continue
+        m = re.match(r"((?:(?:early|ceiling|all) \d+)(?:, (?:early|ceiling|all) \d+)*)\s+(.*)$",
+                     " ".join(cells[8:]))
+        assert m is not None, line
+        assert row[9] == m.group(2)
+        was = {k: int(n) for k, n in (x.rsplit(" ", 1) for x in m.group(1).split(", "))}
+        now = {k: int(n) for k, n in (x.rsplit(" ", 1) for x in row[8].split(", "))}
+        assert sum(was.values()) == sum(now.values())
+        for kind, n in was.items():
+            assert n <= sum(now.get(k, 0) for k in _OLD_STOPS[kind]), (was, now)
+
+
+def _history_reads_the_same(old: str, new: tools.History) -> None:
+    """The same runs with the same best point, monotonicity and errors; the order is now the objective's."""
+    lines = old.splitlines()[2:]
+    rows = {r[1]: r for r in new.table.rows}
+    assert len(lines) == len(rows)
+    for line in lines:
+        cells = line.split()
+        row = rows[cells[0]]
+        assert row[2] == cells[1]
+        if cells[2] == "ok":
+            assert [str(row[7]), str(row[8]), str(row[9]), str(row[10])] == cells[3:7], (line, row)
+        else:
+            assert row[3] == cells[2] and line.rstrip().endswith(row[11].rstrip()), (line, row)
+
+
 def test_tool_text_reads_identically(svc: DiscoveryService, golden: dict[str, Any]):
     text = golden["tool_text"]
     ids = [r["id"] for r in golden["runs"]]
     ok = [r["id"] for r in golden["runs"] if r["status"] == "ok"]
-    assert tools.get_history(svc).text() == text["history"]
-    assert tools.get_history(svc, include_failed=False).text() == text["history_scored"]
+    _history_reads_the_same(text["history"], tools.get_history(svc))
+    _history_reads_the_same(text["history_scored"], tools.get_history(svc, include_failed=False))
     assert tools.get_baselines(svc).text() == text["baselines"]
-    assert {str(i): _raised(lambda i=i: tools.report_for_run(svc, i).text()) for i in ids} == text["reports"]
+    reports = {str(i): _raised(lambda i=i: tools.report_for_run(svc, i).text()) for i in ids}
+    for i, old in text["reports"].items():
+        if isinstance(old, dict):  # the old release raised reading it: so must this one
+            assert reports[i] == old
+        else:
+            _report_reads_the_same(old, reports[i])
     assert {str(i): tools.get_controller(svc, i).text() for i in ids} == text["controllers"]
-    assert {str(i): _raised(lambda i=i: tools.inspect_trace(svc, i).text()) for i in ok} == text["digests"]
-    assert tools.inspect_trace(svc, ok[0], beta=0.5, question=3, seed=1).text() == text["episode"]
+    for i in ok:
+        old = text["digests"][str(i)]
+        if isinstance(old, dict):
+            assert _raised(lambda i=i: tools.inspect_trace(svc, i)) == old
+        else:
+            _digest_reads_the_same(old, tools.inspect_trace(svc, i))
+    # the recorded episode's actions, now one view of it (the branch view is the default)
+    acts = tools.inspect_trace(svc, ok[0], beta=0.5, question=3, seed=1, view="actions")
+    old_lines = text["episode"].splitlines()
+    old_rows = [x.split() for x in old_lines[2:] if x and x[0].isdigit()]
+    new_rows = [x.split() for x in (acts.body or "").splitlines()[1:] if x.strip()[:1].isdigit()]
+    assert len(new_rows) == acts.actions and old_lines[0].count(f"{acts.actions} actions") == 1
+    assert len(old_rows) == 60  # the old release's first page
+    for o, n in zip(old_rows, new_rows[:60], strict=True):  # i op branch cost [answer] total vs # op br cost d [answer]
+        assert o[:3] == n[:3] and o[3] == n[3].replace(",", "") and o[4:-1] == n[5:5 + len(o) - 5], (o, n)
+    assert old_lines[0].split(" with ")[0].split(": answered ")[1] in acts.summary
 
 
 def test_discover_report_reads_identically(svc: DiscoveryService, golden: dict[str, Any]):
@@ -201,6 +304,8 @@ def test_tui_reads_identically(folder: Path, golden: dict[str, Any]):
     try:
         candidates = [dataclasses.asdict(c) for c in reader.poll().candidates]
         for c in candidates:
+            for key, default in TUI_ADDED_SINCE.items():
+                assert c.pop(key) == default
             c["scores"] = [[b, s] for b, s in c["scores"].items()]
             c["env_scores"] = {e: [[b, list(v)] for b, v in d.items()] for e, d in c["env_scores"].items()}
         assert candidates == golden["tui_candidates"]

@@ -101,13 +101,16 @@ async def test_leaderboard_ranks_marks_and_sorts(study):
         assert board.row_count == len(CANDIDATES)
         ranked = order(board)
         scored = [c for c in board.candidates.values() if c.ok]
-        best = min(scored, key=lambda c: c.objective_key())
+        best = min(scored, key=lambda c: c.rank_key())  # by the search objective, as get_history ranks
+        assert all(c.objective is not None for c in scored) and "%" in board.get_row(str(best.id))[8].plain
         assert ranked[0] == best.run_id and set(ranked[-2:]) == {"r0004", "r0006"}  # failed runs last
         newest_mark = board.get_row("6")[0].plain
         assert "★" in newest_mark and "⊘" in newest_mark  # newest, refused
         assert "✗" in board.get_row("4")[0].plain  # error
         assert "◼" in board.get_row(str(best.id))[0].plain  # the best is plotted by default
 
+        await pilot.press("s")  # best accuracy
+        assert board.sort_key == "best" and order(board)[0] == min(scored, key=lambda c: c.objective_key()).run_id
         await pilot.press("s")  # newest first
         assert board.sort_key == "id" and order(board) == [f"r{i:04d}" for i in range(6, 0, -1)]
         await pilot.press("r")

@@ -3,6 +3,7 @@ results (or the error it raised)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import difflib
 
@@ -15,6 +16,8 @@ from textual.widgets import DataTable, Static
 
 from autotts_tui.formatting import fmt_beta, fmt_datetime, fmt_duration, fmt_tokens
 from autotts_tui.model import CandidateDetail
+from core.load_note import render_load_note
+from core.objective import render_objective
 from core.sandbox.reports import sandbox_summary
 
 
@@ -80,8 +83,21 @@ class CandidatePane(Vertical):
             level = run.isolation.level or "?"
             s.append(f"\n{sandbox_summary(run.isolation, None)}",
                      style="dim" if level == "strong" else "bold yellow")
-        if run.summary is not None and run.summary.after_heldout:
-            s.append(f"\n{run.summary.after_heldout}", style="bold yellow")
+        summary = run.summary
+        if summary is not None and run.status == "ok":
+            if summary.scope is not None:
+                s.append(f"\n{summary.scope.label()}", style="bold yellow")
+            if summary.objective is not None:  # the numbers the leaderboard ranks by, as the agent sees them
+                s.append("\n" + render_objective(dataclasses.replace(summary.objective, beta_gaps=())))
+            with_se = [p for p in summary.per_beta if p.accuracy_se is not None]
+            if with_se:
+                s.append("\nsearch average ± SE over seeds: " + " · ".join(
+                    f"β{fmt_beta(p.beta)} {p.accuracy:.2f}±{p.accuracy_se:.2f}% {fmt_tokens(p.avg_tokens)}"
+                    f"±{fmt_tokens(p.tokens_se)}" for p in with_se), style="dim")
+            if summary.load is not None:
+                s.append(f"\n{render_load_note(summary.load)}", style="bold yellow" if summary.load.busy else "dim")
+        if summary is not None and summary.after_heldout:
+            s.append(f"\n{summary.after_heldout}", style="bold yellow")
         self.query_one("#cand-summary", Static).update(s)
 
         table = self.query_one("#cand-results", DataTable)

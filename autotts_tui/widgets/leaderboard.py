@@ -12,10 +12,10 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from autotts_tui.formatting import DASH, fmt_acc, fmt_beta, fmt_time, fmt_tokens, truncate
+from autotts_tui.formatting import DASH, fmt_acc, fmt_time, fmt_tokens, truncate
 from autotts_tui.model import Candidate
 
-NAME_WIDTH = 14
+NAME_WIDTH = 12
 
 
 def _none_last(value: float | None, *, descending: bool) -> tuple[int, float]:
@@ -33,7 +33,8 @@ def _tok(beta: float) -> Callable[[Candidate], Any]:
 
 
 SORTS: dict[str, tuple[str, Callable[[Candidate], Any]]] = {
-    "best": ("best objective", lambda c: c.objective_key()),
+    "obj": ("tokens to SC@64", lambda c: c.rank_key()),
+    "best": ("best accuracy", lambda c: c.objective_key()),
     "id": ("newest", lambda c: -c.id),
     "name": ("name", lambda c: (c.name.lower(), -c.id)),
     "time": ("time", lambda c: -c.finished),
@@ -41,12 +42,11 @@ SORTS: dict[str, tuple[str, Callable[[Candidate], Any]]] = {
     "tok05": ("tokens β=0.5", _tok(0.5)),
     "acc1": ("acc β=1", _acc(1.0)),
     "tok1": ("tokens β=1", _tok(1.0)),
-    "beta": ("β at best", lambda c: _none_last(None if c.best is None else c.best.beta, descending=False)),
     "mono": ("monotone", lambda c: ({True: 0, False: 1, None: 2}[c.monotone], c.objective_key())),
     "status": ("status", lambda c: (c.status != "ok", c.status, -c.id)),
 }
 """Column key → (description, ascending sort key: the natural order, best first)."""
-SORT_CYCLE = ("best", "id", "acc05", "tok05", "acc1", "tok1", "name", "mono", "status")
+SORT_CYCLE = ("obj", "best", "id", "acc05", "tok05", "acc1", "tok1", "name", "mono", "status")
 
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("mark", " ", 3),
@@ -57,8 +57,8 @@ COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("tok05", "tok\nβ.5", 5),
     ("acc1", "acc\nβ1", 4),
     ("tok1", "tok\nβ1", 5),
+    ("obj", "tok\n%SC", 5),
     ("best", "best\nacc", 4),
-    ("beta", "at\nβ", 3),
     ("mono", "mono", 4),
     ("status", "status", 40),
 )
@@ -105,7 +105,7 @@ class Leaderboard(DataTable):
         self.plotted: set[int] = set()
         self.unseen: set[int] = set()
         """Candidates that arrived while the app was open and whose row the cursor has not visited."""
-        self.sort_key = "best"
+        self.sort_key = "obj"
         self.sort_reverse = False
 
     def on_mount(self) -> None:
@@ -193,8 +193,8 @@ class Leaderboard(DataTable):
             num(fmt_tokens(s05.tokens if s05 else None)),
             num(fmt_acc(s1.accuracy if s1 else None)),
             num(fmt_tokens(s1.tokens if s1 else None)),
-            num(fmt_acc(c.best.accuracy if c.best else None), "bold"),
-            num(fmt_beta(c.best.beta if c.best else None)),
+            num(_pct_of_sc64(c), "bold"),
+            num(fmt_acc(c.best.accuracy if c.best else None)),
             mono,
             status,
         ]
@@ -259,6 +259,15 @@ class Leaderboard(DataTable):
         event.stop()
         if event.row_key.value is not None:
             self.post_message(self.Open(int(event.row_key.value)))
+
+
+def _pct_of_sc64(c: Candidate) -> str:
+    """Tokens to reach SC@64's accuracy as % of SC@64's; `n.r.` when not reached, `q` marks a quick run."""
+    o = c.objective
+    if o is None:
+        return DASH
+    text = "n.r." if o.pct_of_sc64 is None else f"{o.pct_of_sc64:.0f}%"
+    return text + ("q" if c.quick else "")
 
 
 def _plain(value: Any) -> str:

@@ -10,17 +10,23 @@ whose frontier fields are unknown (None). The isolation and audit reports are th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.load_note import LoadNote
 from core.sandbox.reports import AuditMismatch, AuditReport, IsolationReport
+
+if TYPE_CHECKING:  # both import the evaluator (numba): read them lazily, as the store is opened by light commands
+    from core.evaluate import EvalResult
+    from core.objective import Objective
 
 __all__ = [
     "AuditMismatch", "AuditReport", "Baseline", "BestPoint", "BetaSummary", "DiscoveryCall", "DiscoveryRound", "DiscoverySession",
     "EpisodeArrays", "FrontierPoint", "HeldoutSummary", "IsolationReport", "LeaderboardEntry", "ResultRow", "Run",
-    "RunSummary", "Trace", "TraceKey", "Usage", "format_run_id",
+    "RunSummary", "Scope", "Trace", "TraceKey", "Usage", "format_run_id", "load_from_dict", "objective_from_dict",
 ]
 
 
@@ -64,6 +70,23 @@ class EpisodeArrays:
                    tokens=np.asarray(d["tokens"], dtype=np.int64).reshape(n, -1),
                    correct=np.asarray(d["correct"], dtype=bool).reshape(n, -1),
                    opened=None if d.get("opened") is None else np.asarray(d["opened"], dtype=np.int32))
+
+    def select(self, seeds: Sequence[int] | None = None, questions: Sequence[int] | None = None) -> EpisodeArrays:
+        """The episodes of the given seeds (values, not positions) and question indices, in that order. Exact for
+        a quick run's comparison: an episode depends only on its own question and seed."""
+        si = list(range(len(self.seeds))) if seeds is None else [self.seeds.tolist().index(int(s)) for s in seeds]
+        qi = list(range(self.tokens.shape[1])) if questions is None else [int(q) for q in questions]
+        return EpisodeArrays(self.seeds[si], [[self.answers[s][q] for q in qi] for s in si],
+                             self.tokens[np.ix_(si, qi)], self.correct[np.ix_(si, qi)],
+                             None if self.opened is None else self.opened[np.ix_(si, qi)])
+
+    def as_result(self, env: str, controller: str) -> EvalResult:
+        """These episodes as an `EvalResult` (for `core.objective.curve_point` and `core.compare`)."""
+        from core.evaluate import EvalResult, reported_figures
+
+        accuracy, avg_tokens = reported_figures(self.correct, self.tokens)
+        return EvalResult(env=env, controller=controller, accuracy=accuracy, avg_tokens=avg_tokens, seeds=self.seeds,
+                          answers=self.answers, correct=self.correct, tokens=self.tokens)
 
 
 @dataclass(frozen=True)
@@ -117,13 +140,32 @@ class BetaSummary:
     """Label of the cheapest baseline at least as accurate."""
     tokens_saved: float | None = None
     """Fraction of that baseline's tokens saved (negative: more)."""
+    accuracy_se: float | None = None
+    """Standard error over seeds of `accuracy` (per seed: the mean over environments; None: not recorded)."""
+    tokens_se: float | None = None
+    """Standard error over seeds of `avg_tokens` (None: not recorded)."""
+    vs_cmc: float | None = None
+    """Accuracy minus CMC's at the same β, paired over seeds (percentage points; None: not recorded)."""
+    vs_cmc_se: float | None = None
+    """Standard error of `vs_cmc` over seeds; |vs_cmc| < 2·vs_cmc_se reads as within noise."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BetaSummary:
         return cls(**_known(cls, d))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _without_none(asdict(self), _ADDED_BETA)
+
+
+_ADDED_BETA = ("accuracy_se", "tokens_se", "vs_cmc", "vs_cmc_se")
+
+
+def _without_none(d: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """Drop added fields that are unset, so a record read from an older store writes back exactly what it read."""
+    for key in keys:
+        if d.get(key) is None:
+            d.pop(key, None)
+    return d
 
 
 @dataclass(frozen=True)
@@ -170,15 +212,57 @@ class HeldoutSummary:
     """The baselines' held-out averages."""
     evaluated: float
     """Unix time of the evaluation."""
+    objective: Objective | None = None
+    """The held-out average β curve scored against the held-out SC@64 and CMC (None: an earlier release)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeldoutSummary:
         return cls(envs=list(d.get("envs", [])), per_beta=[BetaSummary.from_dict(p) for p in d.get("per_beta", [])],
                    baselines=[FrontierPoint.from_dict(b) for b in d.get("baselines", [])],
-                   evaluated=float(d.get("evaluated", 0.0)))
+                   evaluated=float(d.get("evaluated", 0.0)),
+                   objective=None if d.get("objective") is None else objective_from_dict(d["objective"]))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["per_beta"] = [p.to_dict() for p in self.per_beta]
+        return _without_none(d, ("objective",))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a quick run evaluated, when less than the study's full seeds and questions."""
+
+    seeds: list[int]
+    """The shuffle seeds evaluated."""
+    questions: list[int] | None = None
+    """The question indices evaluated on every environment (None: all)."""
+    full_seeds: int = 0
+    """How many seeds the study's full runs use."""
+
+    def label(self) -> str:
+        """`QUICK (2 of 6 seeds; questions 0,3,7)`."""
+        qs = "" if self.questions is None else "; questions " + ",".join(str(q) for q in self.questions[:12]) + (
+            f",… ({len(self.questions)})" if len(self.questions) > 12 else "")
+        return f"QUICK ({len(self.seeds)} of {self.full_seeds} seeds{qs}; never ranked with full runs)"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scope:
+        return cls(**_known(cls, d))
+
+
+def objective_from_dict(d: dict[str, Any]) -> Objective:
+    """`core.objective.Objective` from its `asdict` JSON (tuples come back as lists)."""
+    from core.objective import Objective
+
+    d = _known(Objective, d)
+    d["auc_range"] = tuple(d["auc_range"])
+    d["beta_gaps"] = tuple(tuple(g) for g in d["beta_gaps"])
+    return Objective(**d)
+
+
+def load_from_dict(d: dict[str, Any]) -> LoadNote:
+    """`core.load_note.LoadNote` from its `asdict` JSON."""
+    return LoadNote(**_known(LoadNote, d))
 
 
 @dataclass(frozen=True)
@@ -205,11 +289,25 @@ class RunSummary:
     after_heldout: str | None = None
     """Set when the run was recorded after a held-out evaluation in this study (which one, and when): its search
     could in principle have been informed by held-out results, so a reviewer must know."""
+    objective: Objective | None = None
+    """The search-average β curve scored against SC@64 and CMC on the same seeds and questions
+    (`core.objective`; None: recorded by an earlier release, computed on read from `per_beta`)."""
+    scope: Scope | None = None
+    """Set for a quick run (fewer seeds or questions than the study's); None: the full seeds and questions."""
+    load: LoadNote | None = None
+    """Wall and CPU time of the evaluation and the machine's load (None: not recorded)."""
+
+    @property
+    def quick(self) -> bool:
+        """A quick run: fewer seeds or questions than the study's full runs."""
+        return self.scope is not None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSummary:
         d = dict(d)
         d["per_beta"] = [BetaSummary.from_dict(p) for p in d.get("per_beta", [])]
+        for key, read in (("objective", objective_from_dict), ("scope", Scope.from_dict), ("load", load_from_dict)):
+            d[key] = None if d.get(key) is None else read(d[key])
         d["best"] = BestPoint.from_dict(d["best"])
         d["frontier"] = [FrontierPoint.from_dict(f) for f in d.get("frontier", [])]
         d["heldout"] = None if d.get("heldout") is None else HeldoutSummary.from_dict(d["heldout"])
@@ -217,10 +315,11 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("heldout", "after_heldout"):  # set only once a held-out evaluation exists
-            if d[key] is None:
-                del d[key]
-        return d
+        d["per_beta"] = [p.to_dict() for p in self.per_beta]
+        if self.heldout is not None:
+            d["heldout"] = self.heldout.to_dict()
+        # heldout/after_heldout: set once a held-out evaluation exists; the rest were added since schema 2
+        return _without_none(d, ("heldout", "after_heldout", "objective", "scope", "load"))
 
 
 # ----- runs ----------------------------------------------------------------------------------------------------

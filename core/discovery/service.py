@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from core.compare import PooledComparison, compare_pooled
 from core.discovery.records import (
     AuditReport,
     Baseline,
@@ -32,14 +33,30 @@ from core.discovery.records import (
     ResultRow,
     Run,
     RunSummary,
+    Scope,
     Trace,
     TraceKey,
+)
+from core.discovery.records import (
+    LeaderboardEntry as StoreEntry,
 )
 from core.discovery.store import RunStore, source_sha256
 from core.discovery.study import Study
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
-from core.evaluate import evaluate, score
+from core.evaluate import EvalResult, evaluate, score
+from core.load_note import measure
+from core.objective import (
+    CurvePoint,
+    Leaderboard,
+    LeaderboardEntry,
+    Objective,
+    curve_point,
+    is_full_grid,
+    leaderboard,
+    mean_points,
+    objective,
+)
 from core.progress import Progress as CellProgress
 from core.stats import Point, frontier_position, pareto_frontier
 
@@ -169,23 +186,51 @@ class DiscoveryService:
             self._baselines[key] = got
             return got
 
-    def baseline_points(self, envs: Sequence[ReplayEnvironment]) -> list[Point]:
-        """Search-set average of each baseline setting over `envs`."""
+    def baseline_points(self, envs: Sequence[ReplayEnvironment], scope: Scope | None = None) -> list[Point]:
+        """Search-set average of each baseline setting over `envs` (on a quick run's seeds and questions when
+        `scope` is given)."""
         points = []
         for spec, label in self.baseline_specs():
-            vals = [self.baseline(e, spec) for e in envs]
+            vals = [self.baseline_result(e, spec, scope) for e in envs]
             points.append(Point(float(np.mean([v.avg_tokens for v in vals])),
                                 round(float(np.mean([v.accuracy for v in vals])), 2), label))
         return points
+
+    def baseline_result(self, env: ReplayEnvironment, spec: str, scope: Scope | None = None) -> EvalResult:
+        """A built-in's episodes on a search environment as an EvalResult, restricted to `scope` if given."""
+        ep = self.baseline(env, spec).episodes
+        assert ep is not None, "baselines are cached with their episodes"
+        if scope is not None:
+            ep = ep.select(scope.seeds, scope.questions)
+        return ep.as_result(env.name, spec)
 
     # ----- evaluation ------------------------------------------------------------------------------------------
     @property
     def busy_since(self) -> float | None:
         return self._busy_since
 
+    def scope(self, seeds: int | None = None, questions: Sequence[int] | None = None) -> Scope | None:
+        """The scope of a quick run on the first `seeds` seeds and the given question indices (None: a full run).
+        Raises ToolInputError for a bad count or index."""
+        n = self.study.n_seeds
+        if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= n):
+            raise ToolInputError(f"seeds must be a count in 1..{n} (the first seeds of the study's {n}), got {seeds!r}")
+        qs: list[int] | None = None
+        if questions is not None:
+            fewest = min(e.n_questions for e in self.study.search_envs())
+            if not isinstance(questions, list | tuple) or not questions or any(
+                    isinstance(q, bool) or not isinstance(q, int) or not 0 <= q < fewest for q in questions):
+                raise ToolInputError(f"questions must be a non-empty list of question indices 0..{fewest - 1}, got "
+                                     f"{str(questions)[:80]}")
+            qs = sorted(set(questions))
+        if (seeds is None or seeds == n) and qs is None:
+            return None
+        return Scope(seeds=list(self.study.seeds)[: seeds or n], questions=qs, full_seeds=n)
+
     def evaluate_candidate(self, code: str, name: str, betas: Sequence[float], envs: Sequence[ReplayEnvironment],
-                           progress: Progress | None = None) -> Evaluation:
-        """Run a (pre-checked) candidate in the sandbox on the search environments and record it in one transaction."""
+                           progress: Progress | None = None, scope: Scope | None = None) -> Evaluation:
+        """Run a (pre-checked) candidate in the sandbox on the search environments and record it in one transaction.
+        With `scope`, a quick run on those seeds and questions only."""
         report = progress or (lambda d, t, m: None)
         queued_at = self.clock()
         if self._eval_lock.locked():
@@ -194,17 +239,18 @@ class DiscoveryService:
             started = self.clock()
             self._busy_since = started
             try:
-                ev = self._evaluate_locked(code, name, list(betas), list(envs), report, started)
+                ev = self._evaluate_locked(code, name, list(betas), list(envs), report, started, scope)
             finally:
                 self._busy_since = None
         ev.queued_s = round(started - queued_at, 3)
         return ev
 
     def _evaluate_locked(self, code: str, name: str, betas: list[float], envs: list[ReplayEnvironment],
-                         report: Progress, started: float) -> Evaluation:
+                         report: Progress, started: float, scope: Scope | None) -> Evaluation:
         env_names = [e.name for e in envs]
         last = [0.0]
-        n_units = len(envs) * len(betas) * self.study.n_seeds  # cells; the audit adds a few more
+        n_seeds = self.study.n_seeds if scope is None else len(scope.seeds)
+        n_units = len(envs) * len(betas) * n_seeds  # cells; the audit adds a few more
         seen_total = [float(n_units)]
 
         def publish(state: str, done: float, message: str, total: float | None = None) -> None:
@@ -228,7 +274,7 @@ class DiscoveryService:
         publish("running", 0, f"evaluating on {len(envs)} environment(s) × {len(betas)} β")
         log.info("evaluating %s on %d environment(s) × %d β", name, len(envs), len(betas))
         try:
-            ev = self._run_and_record(code, name, betas, envs, env_names, on_progress, started)
+            ev = self._run_and_record(code, name, betas, envs, env_names, on_progress, started, scope)
         except BaseException:
             publish("error", 0, "the evaluation stopped")
             raise
@@ -238,14 +284,20 @@ class DiscoveryService:
         return ev
 
     def _run_and_record(self, code: str, name: str, betas: list[float], envs: list[ReplayEnvironment],
-                        env_names: list[str], on_progress: Callable[[CellProgress], None], started: float
-                        ) -> Evaluation:
+                        env_names: list[str], on_progress: Callable[[CellProgress], None], started: float,
+                        scope: Scope | None) -> Evaluation:
         # Baselines first (in-process, compiled, ~0.05 s each, cached): they never see candidate code.
         for env in envs:
             for spec, _ in self.baseline_specs():
                 self.baseline(env, spec)
-        run = self.sandbox.run_candidate(code, envs, [{"beta": b} for b in betas], seeds=self.study.seeds,
-                                         settings=self.settings, progress=on_progress)
+        # A question subset keeps each question's episodes exact: a shuffle depends only on the seed and the
+        # question's branch count, never on its position.
+        run_envs = envs if scope is None or scope.questions is None else [e.subset(scope.questions) for e in envs]
+        seeds = self.study.seeds if scope is None else scope.seeds
+        with measure() as timing:
+            run = self.sandbox.run_candidate(code, run_envs, [{"beta": b} for b in betas], seeds=seeds,
+                                             settings=self.settings, progress=on_progress)
+        load = timing.note(episodes=len(betas) * len(list(seeds)) * sum(e.n_questions for e in run_envs))
         seconds = float(getattr(run, "seconds", 0.0) or (self.clock() - started))
         isolation, audit = run.isolation, run.audit
         stdout_tail = getattr(run, "stdout_tail", None) or None
@@ -259,7 +311,7 @@ class DiscoveryService:
             return Evaluation(rid, "error", name, betas, env_names, error=error,
                               traceback=run.traceback, seconds=seconds, isolation=isolation, audit=audit,
                               stdout_tail=stdout_tail)
-        rows = self._result_rows(run, envs, betas, "search")
+        rows = self._result_rows(run, run_envs, betas, "search")
         status: str = "ok"
         error = None
         if audit is not None and not audit.passed:
@@ -272,7 +324,7 @@ class DiscoveryService:
             error = (f"opened {n} branches on one question ({env_name}, β={b:g}); the ceiling is "
                      f"{self.study.max_branches} per question. Cap the branches your controller opens "
                      f"(count probe_new / branch / get_new_branch_final_answer calls)")
-        summary = self.summarise(rows, envs, betas)
+        summary = replace(self.summarise(rows, envs, betas, scope), load=load)
         held = self.store.first_heldout()
         if held is not None:
             summary = replace(summary, after_heldout=(
@@ -301,10 +353,12 @@ class DiscoveryService:
                 rows.append(ResultRow(env.name, b, res.accuracy, res.avg_tokens, ep, split, max_opened))
         return rows
 
-    def summarise(self, rows: Sequence[ResultRow], envs: Sequence[ReplayEnvironment], betas: Sequence[float]
-                  ) -> RunSummary:
-        """Search averages per β, their frontier position against the baselines, monotonicity, best point."""
-        frontier = pareto_frontier(self.baseline_points(envs))
+    def summarise(self, rows: Sequence[ResultRow], envs: Sequence[ReplayEnvironment], betas: Sequence[float],
+                  scope: Scope | None = None) -> RunSummary:
+        """Search averages per β with their standard errors over seeds, their frontier position against the
+        baselines and their gap to CMC at the same β, monotonicity, the best point and the objective, all on the
+        run's seeds and questions (`scope`)."""
+        frontier = pareto_frontier(self.baseline_points(envs, scope))
         per_beta = _per_beta(rows, betas, frontier)
         by = {(r.env, r.beta): r for r in rows}
         violations = []
@@ -312,6 +366,12 @@ class DiscoveryService:
             violations += monotone_violations(e.name, [(b, by[(e.name, b)].avg_tokens) for b in betas])
         violations += monotone_violations("search average", [(p.beta, p.avg_tokens) for p in per_beta])
         best = max(per_beta, key=lambda p: (p.accuracy, -p.avg_tokens))
+        obj = None
+        if all(r.episodes is not None for r in rows):  # rows of a demo study may come without episodes
+            results = {b: [_result(by[(e.name, b)], f"beta={b:g}") for e in envs] for b in betas}
+            obj, curve = self.objective(results, envs, scope)
+            per_beta = [self._with_errors(p, c, results[p.beta], envs, scope)
+                        for p, c in zip(per_beta, curve, strict=True)]
         return RunSummary(
             per_beta=per_beta,
             best=BestPoint(best.beta, best.accuracy, best.avg_tokens),
@@ -320,7 +380,91 @@ class DiscoveryService:
             on_frontier=sum(1 for p in per_beta if not p.dominated),
             above_frontier=sum(1 for p in per_beta if (p.accuracy_gap or 0) > 0),
             frontier=[FrontierPoint(p.label, p.accuracy, round(p.tokens, 1)) for p in frontier],
+            objective=obj, scope=scope,
         )
+
+    def objective(self, results: dict[float, list[EvalResult]], envs: Sequence[ReplayEnvironment],
+                  scope: Scope | None = None) -> tuple[Objective, list[CurvePoint]]:
+        """A run's β curve (per β, one result per environment), averaged over the environments with equal weight,
+        scored against SC@64 and CMC's β curve on the same environments, seeds and questions. Returns the
+        objective and the curve, in β order."""
+        return objective_of(results, [self.baseline_result(e, SC64, scope) for e in envs],
+                            {b: [self.baseline_result(e, cmc_spec(b), scope) for e in envs] for b in self.study.betas})
+
+    def _with_errors(self, summary: BetaSummary, point: CurvePoint, results: list[EvalResult],
+                     envs: Sequence[ReplayEnvironment], scope: Scope | None) -> BetaSummary:
+        """One β's averages with their standard errors over seeds and its accuracy gap to CMC at that β, paired."""
+        out = replace(summary, accuracy_se=_round(point.accuracy_se, 3), tokens_se=_round(point.tokens_se, 1))
+        if point.beta in self.study.betas:
+            cmc = [self.baseline_result(e, cmc_spec(point.beta), scope) for e in envs]
+            test = compare_pooled(list(zip(results, cmc, strict=True))).accuracy
+            out = replace(out, vs_cmc=round(test.diff, 3), vs_cmc_se=round(test.se, 3))
+        return out
+
+    def run_objective(self, run: Run) -> Objective | None:
+        """A scored run's objective: as recorded, or (runs of an earlier release) from its recorded search averages
+        and the baselines' on the same environments. None for a run without a summary."""
+        summary = run.summary
+        if summary is None:
+            return None
+        if summary.objective is not None:
+            return summary.objective
+        points = {p.label: p for p in self.baseline_points(self.study.search_envs(run.envs))}
+        sc = points[next(label for spec, label in BASELINE_SPECS if spec == SC64)]
+        cmc = [CurvePoint(points[f"CMC β={b:g}"].accuracy, points[f"CMC β={b:g}"].tokens, b) for b in self.study.betas]
+        curve = [CurvePoint(p.accuracy, p.avg_tokens, p.beta) for p in summary.per_beta]
+        return objective(curve, CurvePoint(sc.accuracy, sc.tokens), cmc)
+
+    def leaderboard(self, *, include_failed: bool = True) -> tuple[Leaderboard, list[StoreEntry]]:
+        """Scored runs ranked by the objective (`core.objective.leaderboard`: full-grid runs on every search
+        environment with the full seeds and questions, ranked; probes and quick runs apart), and the failed and
+        refused runs (newest first; empty unless `include_failed`)."""
+        search = set(self.study.search_names)
+        entries, failed = [], []
+        for r in self.store.leaderboard(include_failed=include_failed):
+            run = self.store.run(r.id, with_source=False)
+            obj = self.run_objective(run) if r.best_accuracy is not None else None
+            if obj is None or run.summary is None:
+                failed.append(r)
+                continue
+            entries.append(LeaderboardEntry(
+                run_id=r.run_id, objective=obj, label=r.name, full_seeds=not run.summary.quick,
+                full_grid=is_full_grid(run.betas, self.study.betas) and set(run.envs) == search))
+        return leaderboard(entries), failed
+
+    def compare(self, run_a: Run, run_b: Run, envs: Sequence[str], beta: float) -> PooledComparison:
+        """Two scored runs at one β on the given environments, paired on the seeds and questions both evaluated."""
+        a_scope, b_scope = run_a.summary and run_a.summary.scope, run_b.summary and run_b.summary.scope
+        a_seeds = self.study.seeds if not a_scope else a_scope.seeds
+        b_seeds = set(self.study.seeds if not b_scope else b_scope.seeds)
+        seeds = [s for s in a_seeds if s in b_seeds]
+        pairs, commons = [], []
+        for env in self.study.search_envs(list(envs)):
+            all_q = list(range(env.n_questions))
+            qa = all_q if not a_scope or a_scope.questions is None else a_scope.questions
+            qb = set(all_q if not b_scope or b_scope.questions is None else b_scope.questions)
+            common = [q for q in qa if q in qb]
+            if not seeds or not common:
+                raise ToolInputError(f"{run_a.run_id} and {run_b.run_id} share no seeds and questions to compare")
+            commons.append(common)
+            pairs.append(tuple(self._episodes(run, env.name, beta, seeds, common).as_result(env.name, run.run_id)
+                               for run in (run_a, run_b)))
+        pooled = compare_pooled(pairs)  # type: ignore[arg-type]
+        # compare_arrays numbers questions by position; name them by their index in the environment
+        return replace(pooled, per_env=tuple(
+            replace(c, questions=tuple(replace(d, question=common[d.question]) for d in c.questions))
+            for c, common in zip(pooled.per_env, commons, strict=True)))
+
+    def _episodes(self, run: Run, env: str, beta: float, seeds: Sequence[int], questions: Sequence[int]
+                  ) -> EpisodeArrays:
+        """A run's episodes at (env, β) on the given seeds and (original) question indices."""
+        assert run.id is not None
+        row = self.store.results(run.id, env=env, beta=beta, with_episodes=True)[0]
+        assert row.episodes is not None, "scored runs keep their episodes"
+        scope = run.summary.scope if run.summary else None
+        index = list(range(row.episodes.tokens.shape[1])) if scope is None or scope.questions is None \
+            else scope.questions
+        return row.episodes.select(seeds, [index.index(q) for q in questions])
 
     def trace_episode(self, run: Run, env: ReplayEnvironment, key: TraceKey) -> Trace:
         """One episode's actions: recorded earlier, or re-run in the sandbox now and recorded."""
@@ -334,11 +478,12 @@ class DiscoveryService:
         self.store.record_trace(run.id, key, trace)
         return trace
 
-    def duplicate_of(self, code: str, betas: Sequence[float], env_names: Sequence[str]) -> Run | None:
-        """An earlier scored run of the same source on the same β and environments, if any."""
+    def duplicate_of(self, code: str, betas: Sequence[float], env_names: Sequence[str],
+                     scope: Scope | None = None) -> Run | None:
+        """An earlier scored run of the same source on the same β, environments, seeds and questions, if any."""
         for run in reversed(self.store.find_by_sha(source_sha256(code))):
             if run.status in ("ok", "refused") and sorted(run.betas) == sorted(betas) \
-                    and list(run.envs) == list(env_names):
+                    and list(run.envs) == list(env_names) and (run.summary and run.summary.scope) == scope:
                 return run
         return None
 
@@ -369,21 +514,42 @@ class DiscoveryService:
             raise AutoTTSError(f"{run.run_id} failed the integrity audit on the held-out environments: "
                                + _audit_refusal(out.audit))
         rows = self._result_rows(out, envs, betas, "heldout")
-        baselines: dict[str, list[tuple[float, float]]] = {}
+        baselines: dict[str, list[EvalResult]] = {}
         for env in envs:
-            for spec, label in self.baseline_specs():
-                r = evaluate(env, spec, self.study.seeds)
-                baselines.setdefault(label, []).append((r.accuracy, r.avg_tokens))
-        points = [Point(float(np.mean([t for _, t in v])), round(float(np.mean([a for a, _ in v])), 2), k)
-                  for k, v in baselines.items()]
+            for spec, _ in self.baseline_specs():
+                baselines.setdefault(spec, []).append(evaluate(env, spec, self.study.seeds))
+        points = [Point(float(np.mean([r.avg_tokens for r in baselines[spec]])),
+                        round(float(np.mean([r.accuracy for r in baselines[spec]])), 2), label)
+                  for spec, label in self.baseline_specs()]
+        by = {(r.env, r.beta): r for r in rows}
+        obj, _ = objective_of({b: [_result(by[(e.name, b)], f"beta={b:g}") for e in envs] for b in betas},
+                              baselines[SC64], {b: baselines[cmc_spec(b)] for b in self.study.betas})
         summary = HeldoutSummary(
             envs=[e.name for e in envs], per_beta=_per_beta(rows, betas, pareto_frontier(points)),
             baselines=[FrontierPoint(p.label, p.accuracy, round(p.tokens, 1)) for p in points],
-            evaluated=self.clock())
+            evaluated=self.clock(), objective=obj)
         self.store.record_heldout(run.id, rows, summary)
         return {"run_id": run.run_id, "name": run.name,
                 "per_env": [{"env": r.env, "beta": r.beta, "accuracy": r.accuracy,
                              "avg_tokens": round(r.avg_tokens, 1)} for r in rows], **summary.to_dict()}
+
+
+def objective_of(results: dict[float, list[EvalResult]], sc64: list[EvalResult],
+                 cmc: dict[float, list[EvalResult]]) -> tuple[Objective, list[CurvePoint]]:
+    """The objective of a β curve given per β one result per environment, SC@64's results and CMC's per β on the
+    same environments (equal weight per environment). Returns it with the candidate's mean curve in β order."""
+    curve = [mean_points([curve_point(r, beta=b) for r in results[b]]) for b in sorted(results)]
+    cmc_curve = [mean_points([curve_point(r, beta=b) for r in cmc[b]]) for b in sorted(cmc)]
+    return objective(curve, mean_points([curve_point(r, label="SC@64") for r in sc64]), cmc_curve), curve
+
+
+def _result(row: ResultRow, label: str) -> EvalResult:
+    assert row.episodes is not None
+    return row.episodes.as_result(row.env, label)
+
+
+def _round(x: float | None, nd: int) -> float | None:
+    return None if x is None else round(x, nd)
 
 
 def monotone_violations(where: str, curve: Sequence[tuple[float, float]]) -> list[str]:
