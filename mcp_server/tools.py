@@ -635,7 +635,7 @@ def _digest(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: EpisodeA
                  _short(ep.answers[si][j])] for j, q in enumerate(qids)]
         head = (f"{run.run_id}{quick} on {env.name}, β={beta:g}, seed {seed}: {int(ep.correct[si].sum())}/{n_q} "
                 f"correct, {float(ep.tokens[si].mean()):,.0f} tokens/question (SC@64: {int(sc.correct[si].sum())}/"
-                f"{n_q}). Pass question= for the action-by-action trace.")
+                f"{n_q}).")
         legend = f"{_stops_legend(own)}. Pass question= for an episode branch by branch."
     else:
         columns = ["q", "acc%", "sc64%", "lost", "won", "tokens", "opened", "max_open", "stops", "top_answer"]
