@@ -22,6 +22,7 @@ from typing import Any
 from core.discovery.records import TraceKey
 from core.discovery.service import DiscoveryService
 from core.discovery.study import Study
+from core.load_note import LoadNote, measure
 from core.sandbox import SandboxSettings, run_candidate, trace_episode
 
 BASE_TIME = 1_763_996_400.0
@@ -222,6 +223,22 @@ class _InProcessSandbox:
         return run
 
 
+class _FixedMeter:
+    """The timing a demo run reports when its duration is fixed: the same on every machine, idle or busy."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self) -> _FixedMeter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def note(self, episodes: int | None = None) -> LoadNote:
+        return LoadNote(wall_s=self.seconds, cpu_s=self.seconds, episodes=episodes, load1=0.0, cores=2)
+
+
 class _SetClock:
     """The time the service records with a run: the moment the demo says the candidate was evaluated."""
 
@@ -236,7 +253,8 @@ def demo_service(study: Study, *, seconds: float | None = None) -> DiscoveryServ
     """A discovery service over `study` that runs candidates in this process (they are trusted: they ship here);
     `seconds` fixes the duration recorded with every run. Close it with `svc.store.close()`."""
     settings = SandboxSettings(level="off", audit_seed=0)
-    return DiscoveryService(study, sandbox=_InProcessSandbox(seconds), settings=settings, clock=_SetClock())
+    return DiscoveryService(study, sandbox=_InProcessSandbox(seconds), settings=settings, clock=_SetClock(),
+                            meter=measure if seconds is None else lambda: _FixedMeter(seconds))
 
 
 def record_candidate(svc: DiscoveryService, name: str, source: str, *, created: float | None = None,

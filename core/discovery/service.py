@@ -107,13 +107,16 @@ class DiscoveryService:
     """Everything the tools need: the study, its store, sandbox settings, baselines, and the evaluation lock."""
 
     def __init__(self, study: Study, *, store: RunStore | None = None, sandbox: ModuleType | Any | None = None,
-                 settings: Any | None = None, clock: Callable[[], float] = time.time):
-        """`clock` gives the times recorded with each run (the demo study fixes them)."""
+                 settings: Any | None = None, clock: Callable[[], float] = time.time,
+                 meter: Callable[[], Any] = measure):
+        """`clock` gives the times recorded with each run and `meter` its timing and load note (the demo study
+        fixes both, so that its screens do not depend on the machine)."""
         self.study = study
         self.store = store or RunStore(study.store_path)
         self._sandbox = sandbox
         self._settings = settings
         self.clock = clock
+        self.meter = meter
         self._eval_lock = threading.Lock()
         self._busy_since: float | None = None
         self._baseline_lock = threading.Lock()
@@ -294,7 +297,7 @@ class DiscoveryService:
         # question's branch count, never on its position.
         run_envs = envs if scope is None or scope.questions is None else [e.subset(scope.questions) for e in envs]
         seeds = self.study.seeds if scope is None else scope.seeds
-        with measure() as timing:
+        with self.meter() as timing:
             run = self.sandbox.run_candidate(code, run_envs, [{"beta": b} for b in betas], seeds=seeds,
                                              settings=self.settings, progress=on_progress)
         load = timing.note(episodes=len(betas) * len(list(seeds)) * sum(e.n_questions for e in run_envs))
