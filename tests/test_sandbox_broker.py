@@ -141,7 +141,7 @@ def _script(question, steps):
             elif op == "read_many":
                 out = question.get_new_branch_final_answers(arg % 3)
             elif op == "is_finished":
-                out = question.is_finished(arg)
+                out = question.is_finished(np.int64(arg) if arg % 2 else arg)
             elif op == "depth":
                 out = question.depth(arg)
             elif op == "left":

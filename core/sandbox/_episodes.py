@@ -151,31 +151,23 @@ class MirrorQuestion(ReplayQuestion):
         return out
 
     def _check_indices(self, indices: Any) -> list[int]:
-        try:
-            idx = indices if type(indices) is list else list(indices)
-        except TypeError:
-            raise ValueError(f"branch indices must be a list of ints, got {type(indices).__name__}") from None
-        depth, n_open = self._depth, self._next
-        for i in idx:  # one comparison chain per index in the common case; anything odd gets the full check
-            if type(i) is not int or not 0 <= i < n_open or depth[i] < 0:
-                idx = [_index(j) for j in idx]  # numpy integers become ints; a bad index raises below
-                for j in idx:
-                    self._state(j)
-                break
-        if len(set(idx)) != len(idx):
-            twice = next(i for k, i in enumerate(idx) if i in idx[:k])
-            raise ValueError(f"branch {twice} is named twice in one batch call")
-        return idx
+        # The question's own checks (over this mirror's state), then plain ints for the wire.
+        return [_index(i) for i in super()._check_indices(indices)]
 
     # ----- free observers, from the mirror ----------------------------------------------------------------------
     def _state(self, i: Any) -> int:
-        if type(i) is not int or not 0 <= i < self._next or self._depth[i] < 0:
+        if type(i) is not int:
+            try:
+                i = _index(i)  # numpy integers, as the question itself takes them
+            except ValueError:
+                raise ValueError(bad_index_message(i, self._next, self._depth)) from None
+        if not 0 <= i < self._next or self._depth[i] < 0:
             raise ValueError(bad_index_message(i, self._next, self._depth))
         return self._depth[i]
 
     def is_finished(self, i: int) -> bool:
         self._state(i)
-        return self._fin[i]
+        return self._fin[_index(i)]
 
     def depth(self, i: int) -> int:
         return self._state(i)
