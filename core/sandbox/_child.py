@@ -16,12 +16,13 @@ import os
 import resource
 import sys
 import traceback
+from array import array
 from typing import Any
 
 from core.sandbox import _landlock, _namespaces, _seccomp
 from core.sandbox._episodes import CellFailure, MirrorQuestion, run_cell
 from core.sandbox._exec import CandidateFailure, CappedText, load_candidate, solve_episode
-from core.sandbox._protocol import FrameReader, encode, write_all
+from core.sandbox._protocol import FrameReader, encode, encode_tick, write_all
 
 NOBODY = 65534
 _CAP_VERSION_3 = 0x20080522
@@ -184,6 +185,15 @@ class _Channel:
             os._exit(3)
         return msg
 
+    def tick(self, calls: list[int], done: list[list[Any]]) -> tuple[Any, Any, Any]:
+        """Send a tick, return the parent's (flat replies, errors, strings)."""
+        sys.stdout.flush()
+        write_all(self.out, encode_tick(array("q", calls), done))
+        reply = self.reader.read()
+        if type(reply) is not tuple:
+            os._exit(3)  # the parent gave up on this cell
+        return reply
+
 
 def serve(chan: _Channel, memory_mb: int) -> None:
     msg = chan.recv()
@@ -208,15 +218,8 @@ def serve(chan: _Channel, memory_mb: int) -> None:
         except CandidateFailure as f:
             return "fail", f.as_dict()
 
-    def exchange(calls: list[int], done: list[list[Any]]) -> tuple[list[int], list[list[Any]], list[list[Any]]]:
-        chan.send({"t": "tick", "c": calls, "done": done})
-        reply = chan.recv()
-        if reply.get("t") != "replies":
-            os._exit(3)  # the parent gave up on this cell
-        return reply["r"], reply["e"], reply["s"]
-
     try:
-        run_cell(solve_one, [(slot, n, interval) for slot, n, interval, _, _ in msg["episodes"]], exchange)
+        run_cell(solve_one, [(slot, n, interval) for slot, n, interval, _, _ in msg["episodes"]], chan.tick)
     except CellFailure as f:
         chan.send({"t": "error", **f.failure})
 

@@ -1,8 +1,14 @@
-"""What the parent and a sandbox worker exchange: length-prefixed JSON frames over pipes.
+"""What the parent and a sandbox worker exchange: length-prefixed frames over pipes.
 
-A frame is `<u32 json length>` then a UTF-8 JSON object. The parent never unpickles anything a worker sends:
-JSON only, sizes checked, and it reads worker pipes without blocking (`FrameBuffer`), so a worker that stalls
-mid-frame cannot hang the parent past its deadline.
+A frame is `<u32 length>` then its body: a UTF-8 JSON object (the body starts with `{`) for the handshake and
+errors, or for the hot path a binary body that skips JSON's per-number cost:
+* a *tick* (worker → parent): `T`, 3 zero bytes, `<u32 n>`, n little-endian int64 (8-aligned: the flat calls,
+  see `broker`), then a JSON list of the episodes that finished, `[[slot, answer], ...]`;
+* *replies* (parent → worker): `R`, 3 zero bytes, `<u32 n>`, n int64 (the flat replies), then JSON
+  `[errors, strings]`.
+The parent never unpickles anything a worker sends: JSON and int64 arrays only, sizes checked, and it reads
+worker pipes without blocking (`FrameBuffer`), so a worker that stalls mid-frame cannot hang the parent past its
+deadline.
 """
 
 from __future__ import annotations
@@ -10,12 +16,18 @@ from __future__ import annotations
 import os
 import select
 import struct
+import sys
 import time
+from array import array
 from typing import Any
 
+import numpy as np
 import orjson
 
 HEADER = struct.Struct("<I")
+KIND = struct.Struct("<B3xI")
+"""A binary body's head: its kind and its number of int64 (which then start 8-aligned)."""
+TICK, REPLIES = b"T"[0], b"R"[0]
 MAX_FRAME_FROM_WORKER = 16 << 20
 """A worker frame larger than this is a protocol error (a tick of 30 episodes' calls is a few KB)."""
 
@@ -33,6 +45,56 @@ class ProtocolError(Exception):
 def encode(obj: Any) -> bytes:
     data = orjson.dumps(obj)
     return HEADER.pack(len(data)) + data
+
+
+class Tick:
+    """A decoded tick: the flat calls (int64) and the finished episodes."""
+
+    __slots__ = ("calls", "done")
+
+    def __init__(self, calls: np.ndarray, done: Any):
+        self.calls, self.done = calls, done
+
+
+def _ints_frame(kind: int, ints: bytes, tail: Any) -> bytes:
+    body = orjson.dumps(tail)
+    n = len(ints) // 8
+    return HEADER.pack(KIND.size + len(ints) + len(body)) + KIND.pack(kind, n) + ints + body
+
+
+def encode_tick(calls: array, done: list[list[Any]]) -> bytes:
+    """A worker's tick frame: `calls` an `array('q')` of the flat calls."""
+    return _ints_frame(TICK, calls.tobytes(), done)
+
+
+def encode_replies(replies: np.ndarray, errors: list[list[Any]], strings: list[list[Any]]) -> bytes:
+    return _ints_frame(REPLIES, np.ascontiguousarray(replies, dtype="<i8").tobytes(), [errors, strings])
+
+
+def _split_ints(raw: bytes | bytearray | memoryview) -> tuple[int, Any]:
+    """(offset just past the ints, the JSON tail) of a binary body; ProtocolError when the sizes disagree."""
+    if len(raw) < KIND.size:
+        raise ProtocolError("malformed frame: truncated binary body")
+    _, n = KIND.unpack_from(raw)
+    end = KIND.size + 8 * n
+    if end > len(raw):
+        raise ProtocolError("malformed frame: its count exceeds its length")
+    try:
+        tail = orjson.loads(raw[end:])
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(f"malformed frame: {e}") from None
+    return end, tail
+
+
+def decode_replies(raw: bytes | memoryview) -> tuple[array, Any, Any]:
+    """The worker side of a replies frame: (flat replies as `array('q')`, errors, strings)."""
+    end, tail = _split_ints(raw)
+    ints = array("q")
+    ints.frombytes(raw[KIND.size: end])
+    if sys.byteorder != "little":
+        ints.byteswap()
+    errors, strings = tail
+    return ints, errors, strings
 
 
 def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
@@ -70,7 +132,11 @@ class FrameReader:
         self._fill(HEADER.size)
         (n,) = HEADER.unpack_from(self.buf)
         self._fill(HEADER.size + n)
-        obj = orjson.loads(memoryview(self.buf)[HEADER.size: HEADER.size + n])
+        body = memoryview(self.buf)[HEADER.size: HEADER.size + n]
+        try:
+            obj = decode_replies(body) if n and body[0] == REPLIES else orjson.loads(body)
+        finally:
+            body.release()
         del self.buf[: HEADER.size + n]
         return obj
 
@@ -84,16 +150,20 @@ class FrameBuffer:
     def feed(self, data: bytes) -> None:
         self.buf += data
 
-    def frames(self) -> list[dict[str, Any]]:
-        out = []
+    def frames(self) -> list[dict[str, Any] | Tick]:
+        out: list[dict[str, Any] | Tick] = []
         while len(self.buf) >= HEADER.size:
             (n,) = HEADER.unpack_from(self.buf)
             if n > self.limit:
                 raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.limit}")
             if len(self.buf) < HEADER.size + n:
                 break
-            raw = bytes(memoryview(self.buf)[HEADER.size: HEADER.size + n])
+            raw = bytearray(memoryview(self.buf)[HEADER.size: HEADER.size + n])  # writable: one kernel signature
             del self.buf[: HEADER.size + n]
+            if raw[:1] == b"T":
+                end, done = _split_ints(raw)
+                out.append(Tick(np.frombuffer(raw, dtype="<i8", count=(end - KIND.size) // 8, offset=KIND.size), done))
+                continue
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as e:

@@ -5,9 +5,12 @@ need while files can still be read, makes its own namespaces when bubblewrap did
 mount, network, IPC, UTS and a pid namespace whose pid 1 is the zygote, so every worker dies with it), then serves
 the parent over a SOCK_SEQPACKET control socket:
 
-* `fork` + two pipe descriptors (SCM_RIGHTS) → a fresh worker (`_child.main`) on those pipes → `forked`;
-* `wait` → that worker's exit status (`signal:N` or `exit:N`), once it has ended;
-* `kill` → SIGKILL to a worker.
+* `fork` + two pipe descriptors (SCM_RIGHTS) → a fresh worker (`_child.main`) on those pipes (no reply: the
+  worker's first frame on its pipe says it is up, so the parent never waits for a fork);
+* `wait` → that worker's exit status (`signal:N`, `exit:N`, or `fork-failed:why`), once it has ended;
+* `kill` → SIGKILL to a worker;
+* end of the socket → kill and reap every worker left, then exit, so that the workers' CPU time reaches the
+  parent's accounting (a process killed before it reaps its children loses theirs).
 
 Forking costs about a millisecond where a fresh interpreter costs a hundred, so every cell gets a new process.
 """
@@ -32,6 +35,13 @@ def _status_text(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal:{os.WTERMSIG(status)}"
     return f"exit:{os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}"
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:  # ended already; or no right to (the parent then kills the whole process group)
+        pass
 
 
 class _Server:
@@ -60,25 +70,40 @@ class _Server:
 
     def fork(self, wid: int, fds: list[int]) -> None:
         fd_in, fd_out = fds
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            self.ended[wid] = f"fork-failed:{e.strerror or e}"
+            pid = -1
         if pid == 0:
             try:
                 self.ctrl.close()
                 _child.main(fd_in, fd_out, self.init)
             finally:
                 os._exit(4)
-        os.close(fd_in)
+        os.close(fd_in)  # the worker's pipes end here for us (and at once for a worker that never started)
         os.close(fd_out)
-        self.pids[wid] = pid
-        self.reply({"t": "forked", "id": wid})
+        if pid > 0:
+            self.pids[wid] = pid
+
+    def shutdown(self) -> None:
+        for wid, pid in self.pids.items():
+            if wid not in self.ended:
+                _kill(pid)
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
 
     def serve(self) -> None:
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self.ctrl, 65536, 4)
             except OSError:
-                return
+                data, fds = b"", []
             if not data:
+                self.shutdown()
                 return
             msg = orjson.loads(data)
             wid = int(msg.get("id", -1))
@@ -88,14 +113,13 @@ class _Server:
             elif kind == "kill":
                 pid = self.pids.get(wid)
                 if pid is not None and wid not in self.ended:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    _kill(pid)
             elif kind == "wait":
                 pid = self.pids.get(wid)
                 if pid is not None and wid not in self.ended:
                     self.reap(block_for=pid)
+                elif wid not in self.ended:
+                    self.reap()
                 self.reply({"t": "ended", "id": wid, "status": self.ended.pop(wid, "unknown")})
                 self.pids.pop(wid, None)
             else:

@@ -13,7 +13,7 @@ Two implementations of one contract, held equal by tests on random call sequence
   the question's own events) and for recorded live runs with partial branches, which only the question object
   guards.
 
-Wire format (both directions are flat lists of ints; `_protocol` names the op codes):
+Wire format (both directions are flat int64 arrays; `_protocol` names the op codes and frames them):
 * calls: `[slot, op, n_args, *args]` per call; batch ops carry `k, i_1 … i_k` (indices) or `n` (a count);
 * replies: `[status, cost, n_vals, *vals]` per call, in order; status 0 is success, anything else an error whose
   type and message are in the reply's `errors` list; new answer strings in its `strings` list.
@@ -29,7 +29,7 @@ from numba import njit
 
 from core.environment import ReplayEnvironment, ReplayQuestion, bad_index_message, shuffle_order
 from core.errors import UnrecordedStepError
-from core.sandbox._protocol import OP_CODES, OPS
+from core.sandbox._protocol import OP_CODES, OPS, encode_replies
 
 UNOPENED, PRUNED, FULL_READ = -1, -2, -3
 OK, BAD_INDEX, NO_FRESH, NO_FRESH_READ, TWICE, BAD_COUNT, BAD_CALL = 0, 1, 2, 3, 4, 5, 6
@@ -237,18 +237,26 @@ class CellBroker:
 
     def tick(self, calls: list[int]) -> tuple[list[int], list[list[Any]], list[list[Any]]]:
         """(flat replies, errors [[call number, type, message]], new strings [[slot, local id, string]])."""
-        flat = np.asarray(calls, dtype=np.int64)
+        replies, errors, strings = self._tick(np.asarray(calls, dtype=np.int64), calls)
+        return replies.tolist() if isinstance(replies, np.ndarray) else replies, errors, strings
+
+    def tick_frame(self, calls: np.ndarray) -> bytes:
+        """`tick` on a decoded tick frame's int64 calls, answered as a replies frame (no Python lists on the way
+        when no call failed)."""
+        return encode_replies(*self._tick(calls, None))
+
+    def _tick(self, flat: np.ndarray, calls: list[int] | None) -> tuple[Any, list[list[Any]], list[list[Any]]]:
         e = self.env
-        w, n_new, bad = _answer(flat, self.slot_q, self.closed, self.perm, self.n_br, self.depth, self.nxt, self.cost, self.lmap,
-                                self.nloc, self.new_ids, e.branch_offsets, e.probe_offsets, e.probe_answers,
-                                e.branch_final, e.branch_tokens, e.interval, self.out)
+        w, n_new, bad = _answer(flat, self.slot_q, self.closed, self.perm, self.n_br, self.depth, self.nxt, self.cost,
+                                self.lmap, self.nloc, self.new_ids, e.branch_offsets, e.probe_offsets,
+                                e.probe_answers, e.branch_final, e.branch_tokens, e.interval, self.out)
         if bad > 0:
             raise BrokerProtocolError({1: "malformed calls", 2: "too many calls in one tick",
                                        3: "a call for an episode that had finished"}[bad])
-        replies = self.out[:w].tolist()
+        replies: Any = self.out[:w]
         errors: list[list[Any]] = []
         if bad < 0:
-            replies, errors = self._errors(calls, replies)
+            replies, errors = self._errors(calls if calls is not None else flat.tolist(), replies.tolist())
         strings = []
         for s, a in self.new_ids[:n_new].tolist():
             strings.append([s, int(self.lmap[s, a]), e.answer_vocab[int(self.slot_q[s])][a]])
@@ -335,6 +343,10 @@ class QuestionBroker:
                 replies += [BAD_CALL, q._cost, 0]
                 errors.append([k, type(e).__name__, str(e)[:500]])
         return replies, errors, strings
+
+    def tick_frame(self, calls: np.ndarray) -> bytes:
+        replies, errors, strings = self.tick(calls.tolist())
+        return encode_replies(np.asarray(replies, dtype=np.int64), errors, strings)
 
     def _lid(self, s: int, answer: str, strings: list[list[Any]]) -> int:
         table = self.local[s]

@@ -92,11 +92,14 @@ def _libseccomp_path() -> str | None:
 
 def bwrap_prefix(bwrap: str, euid: int) -> list[str]:
     """bubblewrap arguments: only the interpreter, the site directories and `core` exist, read-only."""
-    args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session"]
-    if euid == 0:  # SYS_ADMIN lets each worker make its own IPC namespace; the uid drop then clears every cap
+    # --as-pid-1: the zygote is pid 1 (as with the sandbox's own namespaces), so its workers die with it, and
+    # bubblewrap reaps it, so the workers' CPU time reaches the parent's accounting
+    args = [bwrap, "--unshare-ipc", "--unshare-pid", "--as-pid-1", "--unshare-net", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    if euid == 0:  # SYS_ADMIN lets each worker make its own IPC namespace, KILL lets the zygote end workers
+        # that run as nobody; the uid drop then clears every cap in the worker
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-                 "--cap-add", "CAP_SYS_ADMIN"]
+                 "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_KILL"]
     args += ["--ro-bind", "/usr", "/usr"]
     for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(d):

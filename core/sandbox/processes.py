@@ -25,6 +25,8 @@ from core.sandbox._protocol import FrameBuffer, encode, write_all
 from core.sandbox.isolation import PACKAGE_DIR, WORKER_ENV, bwrap_prefix, site_dirs
 
 BOOTSTRAP = str(Path(__file__).resolve().parent / "_bootstrap.py")
+GRACE_S = 2.0
+"""How long the zygote gets to reap its workers and exit before its process group is killed."""
 
 
 class ZygoteError(Exception):
@@ -81,6 +83,9 @@ class Worker:
 
     def send(self, obj: Any, deadline: float) -> None:
         write_all(self.to, encode(obj), deadline)
+
+    def send_frame(self, frame: bytes, deadline: float) -> None:
+        write_all(self.to, frame, deadline)
 
     def read(self) -> bytes | None:
         """What the worker sent so far; b"" at its end, None when nothing was there after all."""
@@ -142,6 +147,7 @@ class Zygote:
         return orjson.loads(data)
 
     def fork(self) -> Worker:
+        """Ask for a worker and return at once: its first frame (or its pipe's end) tells how it started."""
         with self.lock:
             wid = self.next_id
             self.next_id += 1
@@ -149,12 +155,13 @@ class Zygote:
             fro_r, fro_w = os.pipe()
             try:
                 socket.send_fds(self.ctrl, [orjson.dumps({"t": "fork", "id": wid})], [to_r, fro_w])
+            except OSError:
+                os.close(to_w)
+                os.close(fro_r)
+                raise
             finally:
                 os.close(to_r)
                 os.close(fro_w)
-            reply = self._recv()
-            if reply.get("t") != "forked" or reply.get("id") != wid:
-                raise ZygoteError("the zygote sent a malformed reply to fork")
             return Worker(wid, to_w, fro_r)
 
     def ended(self, worker: Worker) -> str:
@@ -171,14 +178,18 @@ class Zygote:
             self.ctrl.send(orjson.dumps({"t": "kill", "id": worker.wid}))
 
     def close(self) -> None:
-        """Kill the whole tree (the zygote's process group; workers die with it) and reap the zygote."""
+        """End the whole tree and reap the zygote: closing its socket makes it kill and reap its workers and exit
+        (so their CPU time is counted as ours); a zygote that has not exited soon after is killed with its
+        process group (workers die with it)."""
+        with contextlib.suppress(OSError):
+            self.ctrl.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.p.wait(timeout=GRACE_S)
         if self.p.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.p.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.p.wait(timeout=5)
-        with contextlib.suppress(OSError):
-            self.ctrl.close()
         self.err.join(timeout=2)
         with contextlib.suppress(OSError):
             self.p.stderr.close()  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from core.progress import Progress, ProgressCallback
 from core.sandbox import audit as audit_mod
 from core.sandbox import isolation
 from core.sandbox._exec import MAX_ANSWER_CHARS
-from core.sandbox._protocol import ProtocolError
+from core.sandbox._protocol import ProtocolError, Tick, encode
 from core.sandbox.broker import BrokerProtocolError, CellBroker, QuestionBroker, broker_for
 from core.sandbox.processes import Worker, Zygote, ZygoteError, crash_text
 from core.sandbox.reports import LEVELS, AuditMismatch, AuditReport, IsolationReport
@@ -121,7 +121,7 @@ class _Cell:
 class _Job:
     """One run of one cell in one worker."""
 
-    __slots__ = ("cell", "copy", "worker", "state", "broker", "left", "outcomes", "started")
+    __slots__ = ("cell", "copy", "worker", "state", "broker", "left", "outcomes", "started", "presented")
 
     def __init__(self, cell: int, copy: int):
         self.cell, self.copy = cell, copy
@@ -131,6 +131,8 @@ class _Job:
         self.left = 0
         self.outcomes: dict[int, audit_mod.EpisodeOutcome] = {}
         self.started = 0.0
+        self.presented = False
+        """Whether its source and cell were sent with the fork, before its report came (see `_Evaluation.start`)."""
 
 
 def _mode(settings: SandboxSettings) -> str:
@@ -163,6 +165,7 @@ class _Evaluation:
         self.forked = 0
         self.episodes = 0
         self.seconds_by_unit: dict[tuple[int, int], float] = {}
+        self._source_frame: bytes | None = None
         if not self.use_bwrap:
             self.notes.append(f"no bubblewrap: {self.probe.get('bwrap_error') or 'turned off in the settings'}")
             if not self.use_native:
@@ -274,6 +277,10 @@ class _Evaluation:
                     job.worker.close()
 
     def start(self, job: _Job) -> None:
+        """Fork a worker for the job's cell. Once one worker of this evaluation has reported its lockdown and
+        been accepted (the rest come from the same zygote and lock down alike), the source and the cell go with
+        the fork, so that a worker runs without waiting for two round trips; its report is still checked before
+        any of its calls is answered."""
         assert self.zygote is not None
         cell = self.cells[job.cell]
         env = self.envs[cell.env]
@@ -288,6 +295,24 @@ class _Evaluation:
         job.left = len(cell.questions)
         job.state = "starting"
         job.started = time.perf_counter()
+        if self.levels:
+            frames = self.source_frame() + self.cell_frame(job)
+            if len(frames) <= PRESEND_BYTES:
+                job.worker.send_frame(frames, self.deadline)
+                job.presented = True
+
+    def source_frame(self) -> bytes:
+        if self._source_frame is None:
+            self._source_frame = encode({"t": "source", "source": self.source})
+        return self._source_frame
+
+    def cell_frame(self, job: _Job) -> bytes:
+        cell = self.cells[job.cell]
+        env = self.envs[cell.env]
+        episodes = [[slot, env.n_branches(q), int(env.interval[q]), self.seeds[cell.seed], q]
+                    for slot, q in enumerate(cell.questions)]
+        return encode({"t": "cell", "env": env.name, "label": format_options(self.grid[cell.option]),
+                       "options": self.grid[cell.option], "episodes": episodes})
 
     def feed(self, job: _Job) -> bool:
         """Read what a worker sent and act on every whole frame; False once its pipe has closed."""
@@ -305,7 +330,10 @@ class _Evaluation:
             raise _Stop(f"the sandbox worker broke the protocol ({e}); the controller may have written to its "
                         "result channel") from None
         for msg in frames:
-            self.handle(job, msg)
+            if isinstance(msg, Tick):
+                self.tick(job, msg)
+            else:
+                self.handle(job, msg)
         return True
 
     def handle(self, job: _Job, msg: dict[str, Any]) -> None:
@@ -316,30 +344,25 @@ class _Evaluation:
             raise _failure(msg)
         if job.state == "starting" and kind == "ready":
             self.accept_report(msg.get("report"))
-            w.send({"t": "source", "source": self.source}, self.deadline)
+            if not job.presented:
+                w.send_frame(self.source_frame(), self.deadline)
             job.state = "loading"
         elif job.state == "loading" and kind == "loaded":
-            cell = self.cells[job.cell]
-            env = self.envs[cell.env]
-            episodes = [[slot, env.n_branches(q), int(env.interval[q]), self.seeds[cell.seed], q]
-                        for slot, q in enumerate(cell.questions)]
-            w.send({"t": "cell", "env": env.name, "label": format_options(self.grid[cell.option]),
-                    "options": self.grid[cell.option], "episodes": episodes}, self.deadline)
+            if not job.presented:
+                w.send_frame(self.cell_frame(job), self.deadline)
             job.state = "running"
-        elif job.state == "running" and kind == "tick":
-            replies, errors, strings = self.tick(job, msg)
-            w.send({"t": "replies", "r": replies, "e": errors, "s": strings}, self.deadline)
-            if job.left == 0:
-                job.state = "finished"
         else:
             raise _Stop(f"the sandbox worker sent an unexpected message ({str(kind)[:40]!r} while {job.state})")
 
-    def tick(self, job: _Job, msg: dict[str, Any]) -> tuple[list[int], list[list[Any]], list[list[Any]]]:
-        calls, done = msg.get("c"), msg.get("done")
-        if type(calls) is not list or type(done) is not list:
+    def tick(self, job: _Job, tick: Tick) -> None:
+        """Record the episodes a tick finished and answer its calls."""
+        if job.state != "running":
+            raise _Stop(f"the sandbox worker sent calls while {job.state}")
+        done = tick.done
+        if type(done) is not list:
             raise _Stop("the sandbox worker sent a malformed tick")
         broker = job.broker
-        assert broker is not None
+        assert broker is not None and job.worker is not None
         n_slots = len(self.cells[job.cell].questions)
         for entry in done:
             if (type(entry) is not list or len(entry) != 2 or type(entry[0]) is not int
@@ -351,17 +374,21 @@ class _Evaluation:
             job.outcomes[slot] = audit_mod.EpisodeOutcome(answer, *broker.outcome(slot))
             job.left -= 1
         try:
-            replies = broker.tick(calls)
+            frame = broker.tick_frame(tick.calls)
         except (BrokerProtocolError, TypeError, ValueError, OverflowError) as e:
             raise _Stop(f"the sandbox worker sent malformed calls ({e})") from None
         self.episodes += len(done)
-        return replies
+        job.worker.send_frame(frame, self.deadline)
+        if job.left == 0:
+            job.state = "finished"
 
     def died(self, job: _Job) -> _Stop:
         """Why a worker ended before finishing its cell."""
         assert self.zygote is not None and job.worker is not None
         status = self.zygote.ended(job.worker)
         tail = crash_text(self.zygote.err.text()) or None
+        if status.startswith("fork-failed:"):
+            return _Stop(f"the sandbox could not start a worker ({status.split(':', 1)[1]})", tail, "exit")
         if status.startswith("signal:"):
             sig = int(status.split(":")[1])
             if sig == 24:
@@ -382,6 +409,11 @@ class _Evaluation:
             return ""
         self.zygote.close()
         return self.zygote.err.text().strip() if self.settings.keep_output else ""
+
+
+PRESEND_BYTES = 60 * 1024
+"""Handshake frames sent with the fork only when they fit a pipe's default buffer (64 KB), so that writing them
+never waits for the worker."""
 
 
 def default_width(memory_mb: int) -> int:
