@@ -10,6 +10,7 @@ seccomp → self-report → (parent) source → controller loaded → one cell �
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import gc
 import mmap
 import os
@@ -224,10 +225,12 @@ def serve(chan: _Channel, memory_mb: int) -> None:
         chan.send({"t": "error", **f.failure})
 
 
-def main(fd_in: int, fd_out: int, init: dict[str, Any]) -> None:
-    """The forked child's whole life; never returns."""
+def main(fd_in: int, fd_out: int, fd_crash: int, init: dict[str, Any]) -> None:
+    """The forked child's whole life; never returns. A fatal signal's stack goes to `fd_crash`, a pipe of this
+    worker's own, so that workers crashing at once do not interleave their reports."""
+    faulthandler.enable(file=fd_crash)
     try:
-        report = lockdown(init, (0, 1, 2, fd_in, fd_out))
+        report = lockdown(init, (0, 1, 2, fd_in, fd_out, fd_crash))
     except BaseException:  # noqa: BLE001 - the parent sees this text and the exit status
         os.write(2, ("sandbox worker setup failed:\n" + traceback.format_exc()).encode())
         os._exit(2)

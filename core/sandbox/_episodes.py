@@ -42,29 +42,44 @@ def _index(i: Any) -> int:
     raise ValueError(bad_index_message(i, 0, []))
 
 
+_PROBE_NEW, _PROBE_MORE, _READ, _BRANCH, _EXTEND, _PROBE, _PRUNE = (
+    OP_CODES[k] for k in ("probe_new", "probe_more", "read", "branch", "extend", "probe", "prune"))
+_PROBE_NEW_MANY, _PROBE_MORE_MANY, _EXTEND_MANY, _READ_MANY = (
+    OP_CODES[k] for k in ("probe_new_many", "probe_more_many", "extend_many", "read_many"))
+
+
 class MirrorQuestion(ReplayQuestion):
     """The question API with no replay data: what this episode was shown, and a line to the parent for the rest.
 
-    Private fields of ReplayQuestion stay unset; `_seen` holds only answers the parent revealed."""
+    Private fields of ReplayQuestion stay unset; `_table` holds only answers the parent revealed (by episode-local
+    id). `_call(code, args)` / `_call_many(code, indices)` send one call and return the parent's reply
+    `(status, cost, values)` (values: the reply's ints, or `[type, message]` for a failed call)."""
 
-    __slots__ = ("_call", "_n", "_fin")
+    __slots__ = ("_call", "_call_many", "_n", "_fin", "_table")
 
-    def __init__(self, call: Callable[[str, list[Any]], Any], n_branches: int, interval: int):  # noqa: D107
-        self._call = call
+    def __init__(self, call: Callable[[int, tuple[int, ...]], Any], call_many: Callable[[int, list[int]], Any],
+                 n_branches: int, interval: int, table: list[str]):  # noqa: D107
+        self._call, self._call_many = call, call_many
         self._n = n_branches
         self._next = 0
         self._depth = [UNOPENED] * n_branches
         self._fin = [False] * n_branches
         self._cost = 0
+        self._table = table
         self.probe_freq = interval
 
     # ----- mirror bookkeeping ------------------------------------------------------------------------------
-    def _ask(self, op: str, args: list[Any]) -> Any:
-        ok, result, cost = self._call(op, args)
-        self._cost = cost
-        if not ok:
-            raise ERRORS.get(result[0], RuntimeError)(result[1])
-        return result
+    def _ask(self, code: int, args: tuple[int, ...]) -> Any:
+        return self._took(self._call(code, args))
+
+    def _ask_many(self, code: int, indices: list[int]) -> Any:
+        return self._took(self._call_many(code, indices))
+
+    def _took(self, reply: tuple[int, int, Any]) -> Any:
+        status, self._cost, vals = reply
+        if status:
+            raise ERRORS.get(vals[0], RuntimeError)(vals[1])
+        return vals
 
     def _opened(self, i: int, fin: bool) -> None:
         self._next = i + 1
@@ -78,81 +93,101 @@ class MirrorQuestion(ReplayQuestion):
 
     # ----- the paper's API -----------------------------------------------------------------------------------
     def probe_new(self) -> tuple[str, int, bool]:
-        a, i, fin = self._ask("probe_new", [])
+        v = self._ask(_PROBE_NEW, ())
+        i, fin = v[1], bool(v[2])
         self._opened(i, fin)
-        return a, i, fin
+        return self._table[v[0]], i, fin
 
     def probe_more(self, i: int) -> tuple[str, bool]:
         i = _index(i)
-        a, fin = self._ask("probe_more", [i])
+        v = self._ask(_PROBE_MORE, (i,))
+        fin = bool(v[1])
         self._stepped(i, fin)
-        return a, fin
+        return self._table[v[0]], fin
 
     def get_new_branch_final_answer(self) -> str:
-        a = self._ask("read", [])
+        v = self._ask(_READ, ())
         self._depth[self._next] = FULL_READ
         self._next += 1
-        return a
+        return self._table[v[0]]
 
     def get_seq_and_total_tokens(self) -> tuple[int, int]:
         return 0, self._cost
 
     # ----- the action API ------------------------------------------------------------------------------------
     def branch(self) -> int:
-        i, fin = self._ask("branch", [])
-        self._opened(i, fin)
+        v = self._ask(_BRANCH, ())
+        i = v[0]
+        self._opened(i, bool(v[1]))
         return i
 
     def extend(self, i: int) -> bool:
         i = _index(i)
-        fin = self._ask("extend", [i])
+        fin = bool(self._ask(_EXTEND, (i,))[0])
         self._stepped(i, fin)
         return fin
 
     def probe(self, i: int) -> str:
-        return self._ask("probe", [_index(i)])
+        return self._table[self._ask(_PROBE, (_index(i),))[0]]
 
     def prune(self, i: int) -> None:
         i = _index(i)
-        self._ask("prune", [i])
+        self._ask(_PRUNE, (i,))
         self._depth[i] = PRUNED
 
-    # ----- batch calls: one round trip each -------------------------------------------------------------------
+    # ----- batch calls: one round trip each (the hot path: decoding and bookkeeping in one loop) -----------------
     def probe_new_many(self, n: int) -> list[tuple[str, int, bool]]:
-        out = self._ask("probe_new_many", [check_count(n)])
-        for _, i, fin in out:
+        v = self._ask(_PROBE_NEW_MANY, (check_count(n),))
+        table, out = self._table, []
+        for j in range(1, 1 + 3 * v[0], 3):
+            i, fin = v[j + 1], bool(v[j + 2])
             self._opened(i, fin)
+            out.append((table[v[j]], i, fin))
         return out
 
     def probe_more_many(self, indices: Any) -> list[tuple[str, bool]]:
         idx = self._check_indices(indices)
-        out = self._ask("probe_more_many", [idx])
-        self._stepped_many(idx, [fin for _, fin in out])
+        v = self._ask_many(_PROBE_MORE_MANY, idx)
+        table, done, depth, out = self._table, self._fin, self._depth, []
+        j = 0
+        for i in idx:
+            fin = bool(v[j + 1])
+            out.append((table[v[j]], fin))
+            if not done[i]:
+                depth[i] += 1
+                done[i] = fin
+            j += 2
         return out
 
     def extend_many(self, indices: Any) -> list[bool]:
         idx = self._check_indices(indices)
-        out = self._ask("extend_many", [idx])
-        self._stepped_many(idx, out)
-        return out
-
-    def _stepped_many(self, idx: list[int], fins: list[bool]) -> None:
-        done, depth = self._fin, self._depth  # _stepped inlined: the batch calls are the hot path
-        for i, fin in zip(idx, fins, strict=True):
+        v = self._ask_many(_EXTEND_MANY, idx)
+        done, depth, out = self._fin, self._depth, []
+        for i, f in zip(idx, v, strict=True):
+            fin = bool(f)
+            out.append(fin)
             if not done[i]:
                 depth[i] += 1
                 done[i] = fin
+        return out
 
     def get_new_branch_final_answers(self, n: int) -> list[str]:
-        out = self._ask("read_many", [check_count(n)])
-        for _ in out:
+        v = self._ask(_READ_MANY, (check_count(n),))
+        table, out = self._table, []
+        for lid in v[1:]:
             self._depth[self._next] = FULL_READ
             self._next += 1
+            out.append(table[lid])
         return out
 
     def _check_indices(self, indices: Any) -> list[int]:
-        # The question's own checks (over this mirror's state), then plain ints for the wire.
-        return [_index(i) for i in super()._check_indices(indices)]
+        # The question's own checks (over this mirror's state), then plain ints for the wire, in a list of our
+        # own (the controller may change its list while the call is out).
+        idx = super()._check_indices(indices)
+        for i in idx:
+            if type(i) is not int:
+                return [_index(i) for i in idx]
+        return idx.copy() if idx is indices else idx
 
     # ----- free observers, from the mirror ----------------------------------------------------------------------
     def _state(self, i: Any) -> int:
@@ -184,78 +219,59 @@ class MirrorQuestion(ReplayQuestion):
         return f"<ReplayQuestion opened={self._next} tokens={self._cost}>"
 
 
-def _encode(slot: int, op: str, args: list[Any], out: list[int]) -> None:
-    code = OP_CODES[op]
-    if op in ("probe_more_many", "extend_many"):
-        out += [slot, code, len(args[0]) + 1, len(args[0]), *args[0]]
-    else:
-        out += [slot, code, len(args), *args]
-
-
-def _decode(op: str, vals: list[int], table: list[str]) -> Any:
-    """A reply's values as the question method returns them (answers from the episode's string table)."""
-    if op == "probe_new":
-        return table[vals[0]], vals[1], bool(vals[2])
-    if op == "probe_more":
-        return table[vals[0]], bool(vals[1])
-    if op in ("read", "probe"):
-        return table[vals[0]]
-    if op == "branch":
-        return vals[0], bool(vals[1])
-    if op == "extend":
-        return bool(vals[0])
-    if op == "prune":
-        return None
-    if op == "probe_new_many":
-        return [(table[vals[j]], vals[j + 1], bool(vals[j + 2])) for j in range(1, 1 + 3 * vals[0], 3)]
-    if op == "probe_more_many":
-        return [(table[vals[j]], bool(vals[j + 1])) for j in range(0, len(vals), 2)]
-    if op == "extend_many":
-        return [bool(v) for v in vals]
-    return [table[v] for v in vals[1:]]  # read_many
-
-
 def run_cell(solve_one: Callable[[MirrorQuestion, int], Any], episodes: list[tuple[int, int, int]],
-             exchange: Callable[[list[int], list[list[Any]]], tuple[list[int], list[list[Any]], list[list[Any]]]]
+             exchange: Callable[[list[int], list[list[Any]]], tuple[Any, list[list[Any]], list[list[Any]]]]
              ) -> None:
     """Run one cell's episodes concurrently on greenlets until all are done.
 
     `episodes`: (slot, n_branches, interval). `solve_one(question, slot)` returns ("done", answer) or
     ("fail", failure dict). `exchange(calls, done)` sends the pending calls (flat, see `broker`) and the finished
-    episodes `[[slot, answer], ...]` to the parent and returns its (flat replies, errors, new strings)."""
+    episodes `[[slot, answer], ...]` to the parent and returns its (flat replies, errors, new strings); it must
+    not keep `calls`, which is reused."""
     hub = greenlet.getcurrent()
     lets: dict[int, greenlet.greenlet] = {}
     tables: dict[int, list[str]] = {}
-    pending: list[tuple[int, str]] = []
+    pending: list[int] = []  # the slot of each call in `calls`, in order
     calls: list[int] = []
     done: list[list[Any]] = []
 
-    def call(op: str, args: list[Any]) -> Any:
-        return hub.switch((op, args))
-
     def start(slot: int, n_branches: int, interval: int) -> greenlet.greenlet:
-        question = MirrorQuestion(call, n_branches, interval)
-        tables[slot] = []
+        def call(code: int, args: tuple[int, ...]) -> Any:
+            calls.extend((slot, code, len(args)))
+            calls.extend(args)
+            pending.append(slot)
+            return hub.switch(None)
+
+        def call_many(code: int, indices: list[int]) -> Any:
+            k = len(indices)
+            calls.extend((slot, code, k + 1, k))
+            calls.extend(indices)
+            pending.append(slot)
+            return hub.switch(None)
+
+        table: list[str] = []
+        tables[slot] = table
+        question = MirrorQuestion(call, call_many, n_branches, interval, table)
         return greenlet.greenlet(lambda: solve_one(question, slot), parent=hub)
 
-    def handle(slot: int, out: Any) -> None:
+    def resume(slot: int, *reply: Any) -> None:
         g = lets[slot]
+        out = g.switch(*reply)  # no reply: the episode's start
         if g.dead:
             del lets[slot]
             if out[0] == "fail":
                 raise CellFailure(out[1])
             done.append([slot, out[1]])
-        else:
-            op, args = out
-            pending.append((slot, op))
-            _encode(slot, op, args, calls)
 
     for slot, n_branches, interval in episodes:
         lets[slot] = start(slot, n_branches, interval)
-        handle(slot, lets[slot].switch())
+        resume(slot)
     while lets or done:
         flat, errors, strings = exchange(calls, done)
-        asked, calls, done, pending[:] = list(pending), [], [], []
+        asked = pending.copy()
+        calls.clear()
+        pending.clear()
+        done = []
         for slot, lid, text in strings:
             table = tables[slot]
             if lid != len(table):
@@ -263,15 +279,14 @@ def run_cell(solve_one: Callable[[MirrorQuestion, int], Any], episodes: list[tup
             table.append(text)
         failed = {k: [t, m] for k, t, m in errors}
         p = 0
-        for k, (slot, op) in enumerate(asked):
+        for k, slot in enumerate(asked):
             status, cost, n = flat[p], flat[p + 1], flat[p + 2]
-            vals = flat[p + 3: p + 3 + n]
-            p += 3 + n
             if status:
-                reply = (False, failed.get(k, ["RuntimeError", "the call failed"]), cost)
+                reply = (status, cost, failed.get(k, ["RuntimeError", "the call failed"]))
             else:
-                reply = (True, _decode(op, vals, tables[slot]), cost)
-            handle(slot, lets[slot].switch(reply))
+                reply = (0, cost, flat[p + 3: p + 3 + n])
+            p += 3 + n
+            resume(slot, reply)
 
 
 class CellFailure(Exception):

@@ -5,7 +5,7 @@ need while files can still be read, makes its own namespaces when bubblewrap did
 mount, network, IPC, UTS and a pid namespace whose pid 1 is the zygote, so every worker dies with it), then serves
 the parent over a SOCK_SEQPACKET control socket:
 
-* `fork` + two pipe descriptors (SCM_RIGHTS) → a fresh worker (`_child.main`) on those pipes (no reply: the
+* `fork` + three pipe descriptors (SCM_RIGHTS: its input, its output, its crash report) → a fresh worker (`_child.main`) on those pipes (no reply: the
   worker's first frame on its pipe says it is up, so the parent never waits for a fork);
 * `wait` → that worker's exit status (`signal:N`, `exit:N`, or `fork-failed:why`), once it has ended;
 * `kill` → SIGKILL to a worker;
@@ -69,7 +69,7 @@ class _Server:
                 return
 
     def fork(self, wid: int, fds: list[int]) -> None:
-        fd_in, fd_out = fds
+        fd_in, fd_out, fd_crash = fds
         try:
             pid = os.fork()
         except OSError as e:
@@ -78,11 +78,11 @@ class _Server:
         if pid == 0:
             try:
                 self.ctrl.close()
-                _child.main(fd_in, fd_out, self.init)
+                _child.main(fd_in, fd_out, fd_crash, self.init)
             finally:
                 os._exit(4)
-        os.close(fd_in)  # the worker's pipes end here for us (and at once for a worker that never started)
-        os.close(fd_out)
+        for fd in fds:  # the worker's pipes end here for us (and at once for a worker that never started)
+            os.close(fd)
         if pid > 0:
             self.pids[wid] = pid
 
@@ -108,7 +108,7 @@ class _Server:
             msg = orjson.loads(data)
             wid = int(msg.get("id", -1))
             kind = msg.get("t")
-            if kind == "fork" and len(fds) == 2:
+            if kind == "fork" and len(fds) == 3:
                 self.fork(wid, fds)
             elif kind == "kill":
                 pid = self.pids.get(wid)

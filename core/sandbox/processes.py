@@ -72,12 +72,13 @@ def crash_text(text: str) -> str:
 
 
 class Worker:
-    """One forked worker: its two pipes (ours: write `to`, read `fro`, non-blocking) and a frame buffer."""
+    """One forked worker: its pipes (ours: write `to`, read `fro` and, once it has died, `crash`; non-blocking)
+    and a frame buffer."""
 
-    def __init__(self, wid: int, to: int, fro: int):
-        self.wid, self.to, self.fro = wid, to, fro
-        os.set_blocking(fro, False)
-        os.set_blocking(to, False)
+    def __init__(self, wid: int, to: int, fro: int, crash: int):
+        self.wid, self.to, self.fro, self.crash = wid, to, fro, crash
+        for fd in (to, fro, crash):
+            os.set_blocking(fd, False)
         self.frames = FrameBuffer()
         self.closed = False
 
@@ -96,10 +97,17 @@ class Worker:
         except OSError:
             return b""
 
+    def crash_report(self) -> str:
+        """What faulthandler wrote when the worker died of a fatal signal ("" if nothing)."""
+        try:
+            return os.read(self.crash, 1 << 16).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            for fd in (self.to, self.fro):
+            for fd in (self.to, self.fro, self.crash):
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
@@ -153,16 +161,17 @@ class Zygote:
             self.next_id += 1
             to_r, to_w = os.pipe()
             fro_r, fro_w = os.pipe()
+            crash_r, crash_w = os.pipe()
             try:
-                socket.send_fds(self.ctrl, [orjson.dumps({"t": "fork", "id": wid})], [to_r, fro_w])
+                socket.send_fds(self.ctrl, [orjson.dumps({"t": "fork", "id": wid})], [to_r, fro_w, crash_w])
             except OSError:
-                os.close(to_w)
-                os.close(fro_r)
+                for fd in (to_w, fro_r, crash_r):
+                    os.close(fd)
                 raise
             finally:
-                os.close(to_r)
-                os.close(fro_w)
-            return Worker(wid, to_w, fro_r)
+                for fd in (to_r, fro_w, crash_w):
+                    os.close(fd)
+            return Worker(wid, to_w, fro_r, crash_r)
 
     def ended(self, worker: Worker) -> str:
         """How a worker ended: `exit:N`, `signal:N` or `unknown` (waits for it; call after its pipe closed)."""

@@ -265,9 +265,11 @@ class _Evaluation:
                     sel.unregister(key.fd)
                     del active[key.fd]
                     assert job.worker is not None
-                    job.worker.close()
                     if job.state != "finished":
-                        raise self.died(job)
+                        stop = self.died(job)
+                        job.worker.close()
+                        raise stop
+                    job.worker.close()
                     self.done_jobs += 1
                     on_done(job)
         finally:
@@ -386,7 +388,7 @@ class _Evaluation:
         """Why a worker ended before finishing its cell."""
         assert self.zygote is not None and job.worker is not None
         status = self.zygote.ended(job.worker)
-        tail = crash_text(self.zygote.err.text()) or None
+        tail = crash_text(job.worker.crash_report() or self.zygote.err.text()) or None
         if status.startswith("fork-failed:"):
             return _Stop(f"the sandbox could not start a worker ({status.split(':', 1)[1]})", tail, "exit")
         if status.startswith("signal:"):
