@@ -56,8 +56,11 @@ class Tick:
         self.calls, self.done = calls, done
 
 
+_NOTHING_NEW = orjson.dumps([[], []])
+
+
 def _ints_frame(kind: int, ints: bytes, tail: Any) -> bytes:
-    body = orjson.dumps(tail)
+    body = orjson.dumps(tail) if tail != [[], []] else _NOTHING_NEW
     n = len(ints) // 8
     return HEADER.pack(KIND.size + len(ints) + len(body)) + KIND.pack(kind, n) + ints + body
 
@@ -97,7 +100,7 @@ def decode_replies(raw: bytes | memoryview) -> tuple[array, Any, Any]:
     return ints, errors, strings
 
 
-def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
+def write_all(fd: int, data: bytes | memoryview, deadline: float | None = None) -> None:
     """Write everything; on a non-blocking fd wait for room until `deadline` (monotonic), then TimeoutError."""
     view = memoryview(data)
     while view:
@@ -149,6 +152,18 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> None:
         self.buf += data
+
+    def take(self, data: bytes) -> list[dict[str, Any] | Tick]:
+        """`feed(data)` then `frames()`; the common case of one whole tick frame and nothing buffered is decoded
+        without going through the buffer."""
+        if not self.buf and len(data) >= HEADER.size + KIND.size and data[HEADER.size] == TICK:
+            (n,) = HEADER.unpack_from(data)
+            if len(data) == HEADER.size + n and n <= self.limit:
+                raw = bytearray(data[HEADER.size:])  # writable: one kernel signature
+                end, done = _split_ints(raw)
+                return [Tick(np.frombuffer(raw, dtype="<i8", count=(end - KIND.size) // 8, offset=KIND.size), done)]
+        self.buf += data
+        return self.frames()
 
     def frames(self) -> list[dict[str, Any] | Tick]:
         out: list[dict[str, Any] | Tick] = []

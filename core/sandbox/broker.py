@@ -234,6 +234,9 @@ class CellBroker:
         self.nloc = np.zeros(len(questions), dtype=np.int64)
         self.new_ids = np.zeros((len(questions) * max(1, vocab), 2), dtype=np.int64)
         self.out = np.zeros(len(questions) * MAX_CALLS_PER_SLOT * (6 + 3 * max(1, width)), dtype=np.int64)
+        self._state = (self.slot_q, self.closed, self.perm, self.n_br, self.depth, self.nxt, self.cost, self.lmap,
+                       self.nloc, self.new_ids, env.branch_offsets, env.probe_offsets, env.probe_answers,
+                       env.branch_final, env.branch_tokens, env.interval, self.out)
 
     def tick(self, calls: list[int]) -> tuple[list[int], list[list[Any]], list[list[Any]]]:
         """(flat replies, errors [[call number, type, message]], new strings [[slot, local id, string]])."""
@@ -246,10 +249,7 @@ class CellBroker:
         return encode_replies(*self._tick(calls, None))
 
     def _tick(self, flat: np.ndarray, calls: list[int] | None) -> tuple[Any, list[list[Any]], list[list[Any]]]:
-        e = self.env
-        w, n_new, bad = _answer(flat, self.slot_q, self.closed, self.perm, self.n_br, self.depth, self.nxt, self.cost,
-                                self.lmap, self.nloc, self.new_ids, e.branch_offsets, e.probe_offsets,
-                                e.probe_answers, e.branch_final, e.branch_tokens, e.interval, self.out)
+        w, n_new, bad = _answer(flat, *self._state)
         if bad > 0:
             raise BrokerProtocolError({1: "malformed calls", 2: "too many calls in one tick",
                                        3: "a call for an episode that had finished"}[bad])
@@ -258,8 +258,10 @@ class CellBroker:
         if bad < 0:
             replies, errors = self._errors(calls if calls is not None else flat.tolist(), replies.tolist())
         strings = []
-        for s, a in self.new_ids[:n_new].tolist():
-            strings.append([s, int(self.lmap[s, a]), e.answer_vocab[int(self.slot_q[s])][a]])
+        if n_new:
+            vocab = self.env.answer_vocab
+            for s, a in self.new_ids[:n_new].tolist():
+                strings.append([s, int(self.lmap[s, a]), vocab[int(self.slot_q[s])][a]])
         return replies, errors, strings
 
     def _errors(self, calls: list[int], replies: list[int]) -> tuple[list[int], list[list[Any]]]:

@@ -86,7 +86,12 @@ class Worker:
         write_all(self.to, encode(obj), deadline)
 
     def send_frame(self, frame: bytes, deadline: float) -> None:
-        write_all(self.to, frame, deadline)
+        try:
+            n = os.write(self.to, frame)  # almost always whole: the worker is waiting for it
+        except BlockingIOError:
+            n = 0
+        if n < len(frame):
+            write_all(self.to, memoryview(frame)[n:], deadline)
 
     def read(self) -> bytes | None:
         """What the worker sent so far; b"" at its end, None when nothing was there after all."""

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import secrets
-import selectors
+import select
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -239,7 +239,7 @@ class _Evaluation:
                                  deadline=self.deadline)
         except ZygoteError as e:
             raise _Stop(str(e), None, "exit") from None
-        sel = selectors.DefaultSelector()
+        poller = select.epoll()
         pending = list(reversed(jobs))
         active: dict[int, _Job] = {}
         width = max(1, self.settings.workers or default_width(self.settings.memory_mb))
@@ -250,20 +250,20 @@ class _Evaluation:
                     self.start(job)
                     assert job.worker is not None
                     active[job.worker.fro] = job
-                    sel.register(job.worker.fro, selectors.EVENT_READ)
+                    poller.register(job.worker.fro, select.EPOLLIN)
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0:
                     raise _Stop(f"timed out after {self.settings.timeout_s:g} s ({self.done_jobs} of {len(jobs)} cells "
                                 "done)", None, "timeout")
-                for key, _ in sel.select(timeout=remaining):
-                    job = active[key.fd]
+                for fd, _ in poller.poll(remaining):
+                    job = active[fd]
                     open_ = self.feed(job)
                     if open_ and job.state != "finished":
                         continue
                     # Done once its last reply is written: the worker exits on its own (the zygote reaps it),
                     # and its slot goes to the next cell without waiting for that.
-                    sel.unregister(key.fd)
-                    del active[key.fd]
+                    poller.unregister(fd)
+                    del active[fd]
                     assert job.worker is not None
                     if job.state != "finished":
                         stop = self.died(job)
@@ -273,7 +273,7 @@ class _Evaluation:
                     self.done_jobs += 1
                     on_done(job)
         finally:
-            sel.close()
+            poller.close()
             for job in active.values():
                 if job.worker is not None:
                     job.worker.close()
@@ -325,9 +325,8 @@ class _Evaluation:
             return True
         if not data:
             return False
-        w.frames.feed(data)
         try:
-            frames = w.frames.frames()
+            frames = w.frames.take(data)
         except ProtocolError as e:
             raise _Stop(f"the sandbox worker broke the protocol ({e}); the controller may have written to its "
                         "result channel") from None
