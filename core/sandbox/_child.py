@@ -196,12 +196,13 @@ class _Channel:
         return reply
 
 
-def serve(chan: _Channel, memory_mb: int) -> None:
+def serve(chan: _Channel, memory_mb: int, compiled: tuple[str, Any] | None) -> None:
     msg = chan.recv()
     if msg.get("t") != "source":
         return
+    code = compiled[1] if compiled is not None and compiled[0] == msg["source"] else None
     try:
-        target = load_candidate(msg["source"], memory_mb)
+        target = load_candidate(msg["source"], memory_mb, code)
     except CandidateFailure as f:
         chan.send({"t": "error", **f.as_dict()})
         return
@@ -247,7 +248,7 @@ def main(fd_in: int, fd_out: int, fd_crash: int, init: dict[str, Any]) -> None:
     memory_mb = init["limits"]["as_mb"]
     try:
         chan.send({"t": "ready", "report": report})
-        serve(chan, memory_mb)
+        serve(chan, memory_mb, init.get("compiled"))
     except MemoryError:
         reserve.close()
         gc.collect()

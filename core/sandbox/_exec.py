@@ -62,18 +62,25 @@ def _describe(exc: BaseException) -> str:
 
 
 # ----- loading -------------------------------------------------------------------------------------------------
-def load_candidate(source: str, memory_mb: int | None = None) -> Any:
-    """Compile and execute the candidate module with guarded builtins; return its controller class (or module)."""
-    lines = source.splitlines(True)
-    linecache.cache[FILENAME] = (len(source), None, lines, FILENAME)
+def compile_candidate(source: str) -> types.CodeType:
+    """The candidate module's code object (compiling runs none of it); CandidateFailure for a bad source."""
     try:
-        code = compile(source, FILENAME, "exec", dont_inherit=True)
+        return compile(source, FILENAME, "exec", dont_inherit=True)
     except SyntaxError as e:
         tb = "".join(traceback.format_exception_only(type(e), e))
         where = f" at line {e.lineno}" if e.lineno else ""
         raise CandidateFailure("syntax", f"{type(e).__name__}{where}: {e.msg}", tb, line=e.lineno) from None
     except (ValueError, MemoryError, RecursionError) as e:
         raise CandidateFailure("syntax", f"the source could not be compiled: {_describe(e)}") from None
+
+
+def load_candidate(source: str, memory_mb: int | None = None, code: types.CodeType | None = None) -> Any:
+    """Execute the candidate module (`code`, else `source` compiled here) with guarded builtins; return its
+    controller class (or module)."""
+    lines = source.splitlines(True)
+    linecache.cache[FILENAME] = (len(source), None, lines, FILENAME)
+    if code is None:
+        code = compile_candidate(source)
     module = types.ModuleType(MODULE_NAME)
     module.__file__ = FILENAME
     module.__dict__["__builtins__"] = candidate_builtins()

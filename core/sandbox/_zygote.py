@@ -9,6 +9,9 @@ the parent over a SOCK_SEQPACKET control socket:
   worker's first frame on its pipe says it is up, so the parent never waits for a fork);
 * `wait` → that worker's exit status (`signal:N`, `exit:N`, or `fork-failed:why`), once it has ended;
 * `kill` → SIGKILL to a worker;
+* `compile` + a source → its code object, which every worker forked after it inherits instead of compiling the
+  source itself (compiling runs none of the candidate's code; a source that does not compile is left to the
+  workers, which report why);
 * end of the socket → kill and reap every worker left, then exit, so that the workers' CPU time reaches the
   parent's accounting (a process killed before it reaps its children loses theirs).
 
@@ -28,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from core.sandbox import _child, _guard, _namespaces
+from core.sandbox import _child, _exec, _guard, _namespaces
 
 
 def _status_text(status: int) -> str:
@@ -110,6 +113,11 @@ class _Server:
             kind = msg.get("t")
             if kind == "fork" and len(fds) == 3:
                 self.fork(wid, fds)
+            elif kind == "compile" and isinstance(msg.get("source"), str):
+                try:
+                    self.init["compiled"] = (msg["source"], _exec.compile_candidate(msg["source"]))
+                except _exec.CandidateFailure:
+                    pass
             elif kind == "kill":
                 pid = self.pids.get(wid)
                 if pid is not None and wid not in self.ended:

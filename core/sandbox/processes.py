@@ -25,6 +25,8 @@ from core.sandbox._protocol import FrameBuffer, encode, write_all
 from core.sandbox.isolation import PACKAGE_DIR, WORKER_ENV, bwrap_prefix, site_dirs
 
 BOOTSTRAP = str(Path(__file__).resolve().parent / "_bootstrap.py")
+MAX_CONTROL_BYTES = 60_000
+"""Largest control message to the zygote (it reads them 64 KB at a time)."""
 GRACE_S = 2.0
 """How long the zygote gets to reap its workers and exit before its process group is killed."""
 
@@ -177,6 +179,14 @@ class Zygote:
                 for fd in (to_r, fro_w, crash_w):
                     os.close(fd)
             return Worker(wid, to_w, fro_r, crash_r)
+
+    def precompile(self, source: str) -> None:
+        """Have the zygote compile the source once for all its workers (skipped for a source too large for one
+        control message; workers then compile it themselves)."""
+        msg = orjson.dumps({"t": "compile", "source": source})
+        if len(msg) <= MAX_CONTROL_BYTES:
+            with self.lock, contextlib.suppress(OSError):
+                self.ctrl.send(msg)
 
     def ended(self, worker: Worker) -> str:
         """How a worker ended: `exit:N`, `signal:N` or `unknown` (waits for it; call after its pipe closed)."""

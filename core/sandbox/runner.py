@@ -239,6 +239,7 @@ class _Evaluation:
                                  deadline=self.deadline)
         except ZygoteError as e:
             raise _Stop(str(e), None, "exit") from None
+        self.zygote.precompile(self.source)
         poller = select.epoll()
         pending = list(reversed(jobs))
         active: dict[int, _Job] = {}
