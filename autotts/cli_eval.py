@@ -24,7 +24,7 @@ DEFAULT_SPECS = ("sc:n=64", "asc", "esc", "parallel-probe", "cmc:beta=0.5", "cmc
 @click.command("eval")
 @click.argument("envs", nargs=-1, metavar="[ENV]...")
 @click.option("-c", "--controller", "controllers", multiple=True, metavar="SPEC",
-              help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc, or path/to/file.py); "
+              help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc, one-batch, or path/to/file.py); "
                    "a value list sweeps, e.g. cmc:beta=0,0.5,1. Repeatable. Default: the Table 1 set.")
 @click.option("--seeds", default=100, show_default=True, type=click.IntRange(1, 100000),
               help="Number of seeded shuffles (seeds 0..N-1); the paper uses 100.")
@@ -90,7 +90,7 @@ def eval_command(envs: tuple[str, ...], controllers: tuple[str, ...], seeds: int
 
 
 BRANCH_PARAMS = {"sc": "n", "asc": "max_samples", "esc": "max_samples", "parallel-probe": "num_chains",
-                 "cmc": "max_branches"}
+                 "cmc": "max_branches", "one-batch": "max_branches"}
 """The argument that says how many branches a built-in controller may use."""
 
 

@@ -18,7 +18,7 @@ from autotts.collect_options import backend_options, protocol_options, resolve_b
 @click.option("-m", "--model", default=None,
               help="llama: a .gguf file; openai: the served model's name (default: the first the server lists).")
 @click.option("-c", "--controller", default="cmc:beta=0.5", show_default=True, metavar="SPEC",
-              help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc) or path/to/controller.py[:k=v].")
+              help="NAME or NAME:key=value,... (sc, asc, esc, parallel-probe, cmc, one-batch) or path/to/controller.py[:k=v].")
 @click.option("--questions", "questions_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSONL (or a JSON list) of questions: {\"question\": ..., \"gold_answer\": ... (optional)} per line.")
 @click.option("--compare", "compare_spec", default=None, metavar="SPEC",

@@ -130,7 +130,8 @@ def own_branch_budget(controller: Any) -> int | None:
     """The most branches per question a controller opens by its own options, where that is known.
 
     Built-ins (a spec string, a `ControllerSpec` or a built controller): SC@n → n, ASC and ESC → `max_samples`,
-    Parallel-Probe → `num_chains`, CMC → its schedule's `max_branch_use` (min(max_branches, round(4 + 60β))).
+    Parallel-Probe → `num_chains`, CMC → its schedule's `max_branch_use` (min(max_branches, round(4 + 60β))),
+    one-batch → its schedule's `batch`.
     Any other object: its `max_branches` attribute when that is a positive int (the convention of the controller
     template agents start from), else None (unknown).
     """
@@ -146,6 +147,8 @@ def own_branch_budget(controller: Any) -> int | None:
         obj = obj.build()
     if isinstance(obj, BuiltinController) and type(obj).name == "cmc":
         return int(obj.schedule.max_branch_use)  # type: ignore[attr-defined]
+    if isinstance(obj, BuiltinController) and type(obj).name == "one-batch":
+        return int(obj.schedule.batch)  # type: ignore[attr-defined]
     attr = "max_branches"
     if isinstance(obj, BuiltinController):
         attr = {"sc": "n", "asc": "max_samples", "esc": "max_samples", "parallel-probe": "num_chains"}.get(

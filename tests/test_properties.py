@@ -28,6 +28,7 @@ SPECS = [
     "parallel-probe:num_chains=4", "parallel-probe:num_chains=16,T=3,warm_up=2,prune_patience=2",
     "parallel-probe:num_chains=64,T=5,warm_up=0,prune_patience=1,probe_burst=2,max_steps=7",
     "cmc:beta=0", "cmc:beta=0.2", "cmc:beta=0.5", "cmc:beta=1", "cmc:beta=0.7,max_branches=6,max_rounds=9",
+    "one-batch:beta=0", "one-batch:beta=0.6", "one-batch:beta=1,max_branches=12,max_rounds=9",
 ]
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -132,7 +133,8 @@ def test_fast_path_matches_python_solve(env, seeds):
 def test_fast_path_matches_python_solve_on_the_demo():
     env = load_environment(DEMO_PATH)
     seeds = [0, 17, 99]
-    for spec in ["sc:n=64", "asc", "esc", "parallel-probe", "cmc:beta=0", "cmc:beta=0.5", "cmc:beta=1"]:
+    for spec in ["sc:n=64", "asc", "esc", "parallel-probe", "cmc:beta=0", "cmc:beta=0.5", "cmc:beta=1",
+                 "one-batch:beta=0", "one-batch:beta=0.5", "one-batch:beta=1"]:
         ctrl = controller(spec)
         fast = run_episodes(env, ctrl, seeds, fast=True)
         slow = run_episodes(env, ctrl, seeds, fast=False)
