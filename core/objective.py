@@ -325,12 +325,17 @@ def leaderboard(entries: Sequence[LeaderboardEntry]) -> Leaderboard:
     return Leaderboard(tuple(ranked), tuple(apart))
 
 
+NAME_CHARS = 34
+"""Width of the leaderboard's name column: variants of one idea differ at the end of their names."""
+
+
 def _entry_line(pos: str, e: LeaderboardEntry) -> str:
     o = e.objective
     sc = "not reached" if o.pct_of_sc64 is None else f"{o.pct_of_sc64:.1f}%"
     cmc = "-" if o.pct_of_cmc is None else f"{o.pct_of_cmc:.1f}%"
     kind = "" if e.rankable else (" probe" if not e.full_grid else "") + (" quick" if not e.full_seeds else "")
-    return (f"{pos:>4} {e.run_id[:14]:<14} {e.label[:18]:<18} {sc:>11} {cmc:>7} {o.auc:>6.2f} "
+    name = e.label if len(e.label) <= NAME_CHARS else e.label[: NAME_CHARS - 1] + "…"
+    return (f"{pos:>4} {e.run_id[:8]:<8} {name:<{NAME_CHARS}} {sc:>11} {cmc:>7} {o.auc:>6.2f} "
             f"{o.best_accuracy:>6.2f} {o.best_accuracy_tokens:>10,.0f}{kind}")
 
 
@@ -340,7 +345,7 @@ def render_leaderboard(board: Leaderboard, *, max_chars: int = PAGE_CHARS, first
     head = [
         "rank: full-grid runs, fewest tokens to reach SC@64's accuracy (% of SC@64's tokens) first; runs that never "
         "reach it after them by AUC. Probes and quick runs are listed apart, unranked.",
-        f"{'#':>4} {'run':<14} {'name':<18} {'tok/SC@64':>11} {'tok/CMC':>7} {'AUC':>6} {'best%':>6} {'at tokens':>10}",
+        f"{'#':>4} {'run':<8} {'name':<{NAME_CHARS}} {'tok/SC@64':>11} {'tok/CMC':>7} {'AUC':>6} {'best%':>6} {'at tokens':>10}",
     ]
     body = [_entry_line(str(k + first_rank), e) for k, e in enumerate(board.ranked)]
     if board.apart:

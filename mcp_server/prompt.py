@@ -39,8 +39,8 @@ class ConfidentVote:
                     running.append(i)
             if not running:
                 break
-            for i in list(running):
-                answer, done = question.probe_more(i)
+            # one batch call steps every running branch (the same as probe_more on each, in one round trip)
+            for i, (answer, done) in zip(list(running), question.probe_more_many(running)):
                 if done:
                     running.remove(i)
                     finished.append(answer)
@@ -134,6 +134,14 @@ The paper's API:
 `probe_new` raises ValueError (and `get_new_branch_final_answer` IndexError) when no fresh branch is left;
 `probe_more(i)` raises ValueError for an index that is not an opened, stepped branch.
 
+Batch calls (use them: an evaluation runs several times faster, because every call that reveals something is
+one round trip to the sandbox's parent, and a batch call is one round trip for all its branches):
+`question.probe_new_many(n)` -> list of `(answer, branch_index, finished)`, `question.probe_more_many(indices)`
+-> list of `(answer, finished)`, `question.extend_many(indices)` -> list of `finished`,
+`question.get_new_branch_final_answers(n)` -> list of answers. Each gives exactly what the single call in a loop
+would give (answers, costs and errors; all indices are checked before anything is stepped; the `_many(n)`
+openers stop quietly when the pool runs out).
+
 The step-by-step action API (same state, finer control): `question.branch()` opens a branch through its
 first interval and returns its index without revealing anything; `question.extend(i)` continues it one interval
 and returns whether it finished; `question.probe(i)` returns its current answer (free); `question.prune(i)`
@@ -169,7 +177,8 @@ interval (500 tokens) to see its intermediate answer, or reading one in full. It
 Read the resource `autotts://controller-format` for the exact API and module format; in short:
 `probe_new()` -> (answer, index, finished), `probe_more(i)` -> (answer, finished),
 `get_new_branch_final_answer()` -> answer, plus the action API `branch()`, `extend(i)`, `probe(i)`, `prune(i)`.
-Helpers: `from core.primitives import majority, vote_stats, beta_confidence`.
+Advance several branches per round with the batch calls (`probe_new_many(n)`, `probe_more_many(indices)`, …):
+same results, and evaluations run several times faster. Helpers: `from core.primitives import majority, vote_stats, beta_confidence`.
 
 This study's search environments: {envs}. Each evaluation runs {study.n_seeds} random branch orders (seeds) of
 every question. Some further environments are held out; you cannot see or evaluate them, and they decide how

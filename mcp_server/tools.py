@@ -171,7 +171,10 @@ class RunReport(BaseModel):
     timing: Timing | None = Field(None, description="Wall and CPU time, episodes/s, machine load.")
 
     def text(self) -> str:
-        out = [f"{self.run_id} '{self.name}'" + (f" {self.quick}" if self.quick else "") + f": {self.summary}"]
+        if self.duplicate_of:
+            out = ["No new run recorded" + (f" ({self.quick})" if self.quick else "") + f" — {self.summary}"]
+        else:
+            out = [f"{self.run_id} '{self.name}'" + (f" {self.quick}" if self.quick else "") + f": {self.summary}"]
         if self.duplicate_of:  # the agent has had the full report once; the structured content still carries it
             if self.objective:
                 out.append(self.objective.text.splitlines()[0])
@@ -365,7 +368,8 @@ def run_controller(svc: DiscoveryService, code: str, name: str | None = None, be
     if dup is not None:
         report = report_for_run(svc, dup.run_id)
         report.duplicate_of = dup.run_id
-        report.summary = f"identical source already evaluated as {dup.run_id}; its results: " + report.summary
+        report.summary = (f"identical source already evaluated on the same grid as {dup.run_id} '{report.name}'; "
+                          "its results: " + report.summary)
         return report
     ev = svc.evaluate_candidate(code, name, beta_list, env_objs, progress, scope)
     report = report_for_run(svc, ev.run_id)

@@ -105,7 +105,8 @@ async def test_objective_standard_errors_and_timing_in_run_controller(server, sv
         body, sc = await call(c, "run_controller", {"code": CMC_CANDIDATE + "\n# again\n", "name": "again"})
         dup_body, dup = await call(c, "run_controller", {"code": CMC_CANDIDATE, "name": "again"})
     assert dup["duplicate_of"] == runs["cmc"] and dup["objective"] == sc["objective"]  # identical source: not re-run
-    assert f"already evaluated as {runs['cmc']}" in dup_body and "tokens to reach SC@64's accuracy" in dup_body
+    assert dup_body.startswith("No new run") and f"already evaluated on the same grid as {runs['cmc']}" in dup_body
+    assert "tokens to reach SC@64's accuracy" in dup_body
     assert len(dup_body) < 800  # the agent has seen the full report once
     obj = sc["objective"]
     want = _objective_by_hand(svc, study, sc["run_id"])
@@ -138,7 +139,8 @@ async def test_quick_run_is_exact_labelled_and_never_ranked(server, svc, study, 
         assert q["duplicate_of"] == runs["quick"] and q["quick"].startswith("QUICK (3 of 6 seeds; questions 1,4")
         assert "QUICK" in body and q["seeds"] == 3
         full_quick, _ = await call(c, "run_controller", {"code": EXAMPLE_CONTROLLER, "seeds": 6})
-        assert "QUICK" not in full_quick and f"already evaluated as {runs['ex']}" in full_quick  # 6 seeds = all
+        assert "QUICK" not in full_quick, full_quick
+        assert f"already evaluated on the same grid as {runs['ex']}" in full_quick  # 6 seeds = all
         bad = await c.call_tool("run_controller", {"code": EXAMPLE_CONTROLLER, "seeds": 0})
         assert bad.is_error and "seeds must be a count in 1..6" in text(bad)
         bad = await c.call_tool("run_controller", {"code": EXAMPLE_CONTROLLER, "questions": [99]})
