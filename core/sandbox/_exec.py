@@ -70,7 +70,11 @@ def compile_candidate(source: str) -> types.CodeType:
         tb = "".join(traceback.format_exception_only(type(e), e))
         where = f" at line {e.lineno}" if e.lineno else ""
         raise CandidateFailure("syntax", f"{type(e).__name__}{where}: {e.msg}", tb, line=e.lineno) from None
-    except (ValueError, MemoryError, RecursionError) as e:
+    except ValueError as e:
+        if "null bytes" in str(e):  # a SyntaxError from Python 3.11.4 on, a ValueError before
+            raise CandidateFailure("syntax", f"SyntaxError: {e}") from None
+        raise CandidateFailure("syntax", f"the source could not be compiled: {_describe(e)}") from None
+    except (MemoryError, RecursionError) as e:
         raise CandidateFailure("syntax", f"the source could not be compiled: {_describe(e)}") from None
 
 

@@ -245,8 +245,12 @@ class _Evaluation:
         active: dict[int, _Job] = {}
         width = max(1, self.settings.workers or default_width(self.settings.memory_mb))
         try:
+            # One canary cell first, alone until it is done or CANARY_S have passed: a candidate that fails at
+            # once (an exception, a memory bomb) then costs one worker, not a machine's worth of them.
+            canary_until = time.monotonic() + CANARY_S
             while pending or active:
-                while pending and len(active) < width:
+                canary = not self.done_jobs and time.monotonic() < canary_until
+                while pending and len(active) < (1 if canary else width):
                     job = pending.pop()
                     self.start(job)
                     assert job.worker is not None
@@ -256,7 +260,8 @@ class _Evaluation:
                 if remaining <= 0:
                     raise _Stop(f"timed out after {self.settings.timeout_s:g} s ({self.done_jobs} of {len(jobs)} cells "
                                 "done)", None, "timeout")
-                for fd, _ in poller.poll(remaining):
+                wait = max(0.0, min(remaining, canary_until - time.monotonic())) if canary else remaining
+                for fd, _ in poller.poll(wait):
                     job = active[fd]
                     open_ = self.feed(job)
                     if open_ and job.state != "finished":
@@ -413,6 +418,8 @@ class _Evaluation:
         return self.zygote.err.text().strip() if self.settings.keep_output else ""
 
 
+CANARY_S = 2.0
+"""How long an evaluation's first cell runs alone unless it finishes sooner."""
 PRESEND_BYTES = 60 * 1024
 """Handshake frames sent with the fork only when they fit a pipe's default buffer (64 KB), so that writing them
 never waits for the worker."""
