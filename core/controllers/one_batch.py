@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from core.controllers.base import BuiltinController, open_branches, register, step_branches
+from core.controllers.cmc import CMCSchedule
 from core.kernels import (
     NO_ANSWER,
     abandon_stale,
@@ -62,17 +63,18 @@ class OneBatchSchedule:
     def from_beta(cls, beta: float, max_branches: int = 64) -> OneBatchSchedule:
         b = min(1.0, max(0.0, float(beta)))
         s = min(1.0, 0.2 + 1.6 * b)
+        stop = CMCSchedule.from_beta(s)
         return cls(
             batch=min(max_branches, round(5 + 30 * b + 150 * max(0.0, b - 0.6) ** 2)),
             strictness=s,
-            warm_up=max(2, round(2 + 8 * s)),
-            abandon_patience=max(3, round(3 + 9 * s)),
-            t_ema=max(2, round(2 + 6 * s)),
-            ema_alpha=round(0.70 - 0.40 * s, 4),
-            conf_thresh=round(0.85 + 0.12 * s, 4),
-            delta_slack=round(0.04 - 0.03 * s, 4),
-            burst_aligned=max(1, round(1 + 2 * s)),
-            min_complete=max(2, round(2 + 3 * s)),
+            warm_up=stop.warm_up,
+            abandon_patience=stop.abandon_patience,
+            t_ema=stop.t_ema,
+            ema_alpha=stop.ema_alpha,
+            conf_thresh=stop.conf_thresh,
+            delta_slack=stop.delta_slack,
+            burst_aligned=stop.burst_aligned,
+            min_complete=stop.min_complete,
         )
 
 
