@@ -99,7 +99,6 @@ class ConfidenceMomentumController(BuiltinController):
         probes: list[int] = []
         disagree: list[int] = []
         pool: list[str] = []  # final answers of finished branches, in finishing order
-        step_many = getattr(question, "probe_more_many", None) or (lambda due: step_branches(question, due))
 
         def open_many(k: int) -> int:
             """Open up to k branches in one batch (fewer when the pool runs out); returns how many opened."""
@@ -149,7 +148,7 @@ class ConfidenceMomentumController(BuiltinController):
                     due = [i for i, b in zip(order, burst, strict=True) if b > r and not finished[i]]  # type: ignore[arg-type]
                 if not due:
                     break
-                for i, (ans, fin) in zip(due, step_many(due), strict=True):
+                for i, (ans, fin) in zip(due, step_branches(question, due), strict=True):
                     probes[i] += 1
                     latest[i] = ans
                     finished[i] = fin
