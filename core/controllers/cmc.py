@@ -16,7 +16,22 @@ import numpy as np
 from numba import njit, prange
 
 from core.controllers.base import BuiltinController, open_branches, register, step_branches
-from core.kernels import env_arrays, permutation_table, step_branch, vote_stats_ids
+from core.kernels import (
+    NO_ANSWER,
+    abandon_stale,
+    all_settled,
+    branch_slots,
+    collect_live,
+    env_arrays,
+    fallback_answer,
+    open_batch,
+    permutation_table,
+    pool_momentum,
+    sort_deepest_first,
+    step_bursts,
+    window_push,
+    window_replace_trend,
+)
 from core.primitives import beta_confidence, beta_confidence_table, majority, vote_stats
 
 
@@ -84,7 +99,6 @@ class ConfidenceMomentumController(BuiltinController):
         probes: list[int] = []
         disagree: list[int] = []
         pool: list[str] = []  # final answers of finished branches, in finishing order
-        step_many = getattr(question, "probe_more_many", None) or (lambda due: step_branches(question, due))
 
         def open_many(k: int) -> int:
             """Open up to k branches in one batch (fewer when the pool runs out); returns how many opened."""
@@ -134,7 +148,7 @@ class ConfidenceMomentumController(BuiltinController):
                     due = [i for i, b in zip(order, burst, strict=True) if b > r and not finished[i]]  # type: ignore[arg-type]
                 if not due:
                     break
-                for i, (ans, fin) in zip(due, step_many(due), strict=True):
+                for i, (ans, fin) in zip(due, step_branches(question, due), strict=True):
                     probes[i] += 1
                     latest[i] = ans
                     finished[i] = fin
@@ -168,157 +182,53 @@ class ConfidenceMomentumController(BuiltinController):
 
 
 @njit(cache=True, nogil=True)
-def _episode(lo, n_avail, s, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers, perm, scratch,
+def _episode(lo, n_avail, s, delta, branch_tokens, branch_final, probe_offsets, probe_answers, perm, scratch,
              conf_table, max_rounds, n_init, cap, max_branch_use, warm_up, abandon_patience, t_ema, alpha,
              conf_thresh, delta_slack, burst_aligned, widen_burst, trend_thresh, min_complete):
+    """solve() over answer ids, on the shared momentum machinery of core.kernels (one slot per opened branch)."""
     size = max(n_init, cap) + widen_burst
-    glob = np.empty(size, dtype=np.int64)
-    depth = np.zeros(size, dtype=np.int64)
-    latest = np.empty(size, dtype=np.int32)
-    finished = np.zeros(size, dtype=np.bool_)
-    abandoned = np.zeros(size, dtype=np.bool_)
-    probes = np.zeros(size, dtype=np.int64)
-    disagree = np.zeros(size, dtype=np.int64)
-    pool = np.empty(size, dtype=np.int32)
-    live = np.empty(size, dtype=np.int64)
-    order = np.empty(size, dtype=np.int64)
+    glob, depth, latest, finished, abandoned, disagree, pool, live, order = branch_slots(size)
     window = np.empty(t_ema, dtype=np.float64)
-    n_pool = 0
-    n_open = 0
-    cost = 0
-    # open n_init branches
-    for _k in range(n_init):
-        if n_open >= n_avail:
-            break
-        g = lo + perm[s, lo + n_open]
-        a, c, fin = step_branch(g, 0, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers)
-        glob[n_open] = g
-        depth[n_open] = 1
-        latest[n_open] = a
-        finished[n_open] = fin
-        probes[n_open] = 1
-        cost += c
-        if fin:
-            pool[n_pool] = a
-            n_pool += 1
-        n_open += 1
+    n_open, n_pool, cost = open_batch(n_init, lo, s, perm, n_avail, 0, 0, glob, depth, latest, finished, pool,
+                                      delta, branch_tokens, branch_final, probe_offsets, probe_answers)
     if n_open == 0:
-        return -1, cost
-    spawned = n_open
+        return NO_ANSWER, cost
     ema = 0.0
-    w_start = 0  # ring buffer: window[w_start .. w_start + w_len) modulo t_ema
+    w_start = 0
     w_len = 0
     for outer in range(max_rounds):
-        winner, top1, top2 = vote_stats_ids(pool, n_pool, scratch)
+        # 1. pool confidence and its momentum
+        winner, ema = pool_momentum(pool, n_pool, scratch, conf_table, ema, alpha)
+        w_start, w_len = window_push(window, w_start, w_len, ema)
         warm = outer >= warm_up
-        ema = (1 - alpha) * ema + alpha * conf_table[top1, top2]
-        if w_len < t_ema:
-            window[(w_start + w_len) % t_ema] = ema
-            w_len += 1
-        else:
-            window[w_start] = ema
-            w_start = (w_start + 1) % t_ema
-        n_live = 0
-        for i in range(n_open):
-            if not abandoned[i] and not finished[i]:
-                live[n_live] = i
-                n_live += 1
+        # 2. abandon branches that keep disagreeing with the pool winner
+        n_live = collect_live(n_open, abandoned, finished, live)
         if warm and winner >= 0:
-            n_stale = 0
             for j in range(n_live):
                 i = live[j]
-                if latest[i] != winner:
-                    disagree[i] += 1
-                else:
-                    disagree[i] = 0
-                if disagree[i] >= abandon_patience:
-                    order[n_stale] = i
-                    n_stale += 1
-            # stable sort of the stale branches by disagreement, highest first (insertion sort: n is small)
-            for x in range(1, n_stale):
-                v = order[x]
-                y = x - 1
-                while y >= 0 and disagree[order[y]] < disagree[v]:
-                    order[y + 1] = order[y]
-                    y -= 1
-                order[y + 1] = v
-            limit = min(n_stale, max(0, n_live - 2))
-            if limit > 0:
-                for x in range(limit):
-                    abandoned[order[x]] = True
-                m = 0
-                for j in range(n_live):
-                    if not abandoned[live[j]]:
-                        live[m] = live[j]
-                        m += 1
-                n_live = m
-        # deepest first, stable
-        for x in range(1, n_live):
-            v = live[x]
-            y = x - 1
-            while y >= 0 and probes[live[y]] < probes[v]:
-                live[y + 1] = live[y]
-                y -= 1
-            live[y + 1] = v
-        for j in range(n_live):
-            i = live[j]
-            burst = burst_aligned if (warm and winner >= 0 and latest[i] == winner) else 1
-            for _b in range(burst):
-                a, c, fin = step_branch(glob[i], depth[i], delta_tokens, branch_tokens, branch_final,
-                                        probe_offsets, probe_answers)
-                depth[i] += 1
-                cost += c
-                probes[i] += 1
-                latest[i] = a
-                if fin:
-                    finished[i] = True
-                    pool[n_pool] = a
-                    n_pool += 1
-                    break
-        winner, top1, top2 = vote_stats_ids(pool, n_pool, scratch)
-        ema = (1 - alpha) * ema + alpha * conf_table[top1, top2]
-        newest = (w_start + w_len - 1) % t_ema
-        window[newest] = ema
-        trend = window[newest] - window[w_start] if w_len >= 2 else 0.0
+                disagree[i] = disagree[i] + 1 if latest[i] != winner else 0
+            n_live = abandon_stale(live, n_live, disagree, abandon_patience, abandoned, order)
+        # 3. deepest first; aligned branches take longer bursts
+        sort_deepest_first(live, n_live, depth)
+        n_pool, c = step_bursts(live, n_live, warm and winner >= 0, winner, burst_aligned, glob, depth, latest,
+                                finished, pool, n_pool, delta, branch_tokens, branch_final, probe_offsets,
+                                probe_answers)
+        cost += c
+        # 4. second EMA update replaces the newest window entry
+        winner, ema = pool_momentum(pool, n_pool, scratch, conf_table, ema, alpha)
+        trend = window_replace_trend(window, w_start, w_len, ema)
+        # 5. stop; 6. nothing left to advance
         if warm and n_pool >= min_complete and ema >= conf_thresh and trend >= -delta_slack:
             return winner, cost
-        done = True
-        for i in range(n_open):
-            if not (finished[i] or abandoned[i]):
-                done = False
-                break
-        if done:
+        if all_settled(n_open, finished, abandoned):
             break
-        if spawned < max_branch_use and trend <= trend_thresh and outer >= max(1, warm_up // 2) and ema < conf_thresh:
-            for _k in range(widen_burst):
-                if spawned >= cap or n_open >= n_avail:
-                    break
-                g = lo + perm[s, lo + n_open]
-                a, c, fin = step_branch(g, 0, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers)
-                glob[n_open] = g
-                depth[n_open] = 1
-                latest[n_open] = a
-                finished[n_open] = fin
-                abandoned[n_open] = False
-                probes[n_open] = 1
-                disagree[n_open] = 0
-                cost += c
-                if fin:
-                    pool[n_pool] = a
-                    n_pool += 1
-                n_open += 1
-                spawned += 1
-    if n_pool > 0:
-        return vote_stats_ids(pool, n_pool, scratch)[0], cost
-    m = 0
-    for i in range(n_open):
-        if not abandoned[i]:
-            order[m] = latest[i]
-            m += 1
-    tmp = np.empty(m, dtype=np.int32)
-    for i in range(m):
-        tmp[i] = order[i]
-    return vote_stats_ids(tmp, m, scratch)[0], cost
+        # 7. widen (n_open counts the branches spawned)
+        if n_open < max_branch_use and trend <= trend_thresh and outer >= max(1, warm_up // 2) and ema < conf_thresh:
+            n_open, n_pool, c = open_batch(min(widen_burst, cap - n_open), lo, s, perm, n_avail, n_open, n_pool,
+                                           glob, depth, latest, finished, pool, delta, branch_tokens,
+                                           branch_final, probe_offsets, probe_answers)
+            cost += c
+    return fallback_answer(pool, n_pool, latest, abandoned, n_open, order, scratch), cost
 
 
 @njit(cache=True, parallel=True)

@@ -19,7 +19,23 @@ import numpy as np
 from numba import njit, prange
 
 from core.controllers.base import BuiltinController, open_branches, register, step_branches
-from core.kernels import env_arrays, permutation_table, step_branch, vote_stats_ids
+from core.controllers.cmc import CMCSchedule
+from core.kernels import (
+    NO_ANSWER,
+    abandon_stale,
+    all_settled,
+    branch_slots,
+    collect_live,
+    env_arrays,
+    fallback_answer,
+    open_batch,
+    permutation_table,
+    pool_momentum,
+    sort_deepest_first,
+    step_bursts,
+    window_push,
+    window_replace_trend,
+)
 from core.primitives import beta_confidence, beta_confidence_table, majority, vote_stats
 
 JUNK = ("ERR", "")
@@ -47,17 +63,18 @@ class OneBatchSchedule:
     def from_beta(cls, beta: float, max_branches: int = 64) -> OneBatchSchedule:
         b = min(1.0, max(0.0, float(beta)))
         s = min(1.0, 0.2 + 1.6 * b)
+        stop = CMCSchedule.from_beta(s)
         return cls(
             batch=min(max_branches, round(5 + 30 * b + 150 * max(0.0, b - 0.6) ** 2)),
             strictness=s,
-            warm_up=max(2, round(2 + 8 * s)),
-            abandon_patience=max(3, round(3 + 9 * s)),
-            t_ema=max(2, round(2 + 6 * s)),
-            ema_alpha=round(0.70 - 0.40 * s, 4),
-            conf_thresh=round(0.85 + 0.12 * s, 4),
-            delta_slack=round(0.04 - 0.03 * s, 4),
-            burst_aligned=max(1, round(1 + 2 * s)),
-            min_complete=max(2, round(2 + 3 * s)),
+            warm_up=stop.warm_up,
+            abandon_patience=stop.abandon_patience,
+            t_ema=stop.t_ema,
+            ema_alpha=stop.ema_alpha,
+            conf_thresh=stop.conf_thresh,
+            delta_slack=stop.delta_slack,
+            burst_aligned=stop.burst_aligned,
+            min_complete=stop.min_complete,
         )
 
 
@@ -167,135 +184,48 @@ class OneBatchMomentum(BuiltinController):
 
 
 @njit(cache=True, nogil=True)
-def _episode(lo, n_avail, s, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers, perm, scratch,
+def _episode(lo, n_avail, s, delta, branch_tokens, branch_final, probe_offsets, probe_answers, perm, scratch,
              junk, conf_table, max_rounds, batch, warm_up, abandon_patience, t_ema, alpha, conf_thresh, delta_slack,
              burst_aligned, min_complete):
-    size = max(batch, 1)
-    glob = np.empty(size, dtype=np.int64)
-    depth = np.zeros(size, dtype=np.int64)
-    latest = np.empty(size, dtype=np.int32)
-    finished = np.zeros(size, dtype=np.bool_)
-    abandoned = np.zeros(size, dtype=np.bool_)
-    disagree = np.zeros(size, dtype=np.int64)
-    pool = np.empty(size, dtype=np.int32)
-    live = np.empty(size, dtype=np.int64)
-    order = np.empty(size, dtype=np.int64)
+    """solve() over answer ids, on CMC's momentum machinery in core.kernels (one slot per branch of the batch)."""
+    glob, depth, latest, finished, abandoned, disagree, pool, live, order = branch_slots(max(batch, 1))
     window = np.empty(t_ema, dtype=np.float64)
-    n_pool = 0
-    n_open = 0
-    cost = 0
-    for _k in range(batch):  # the one batch
-        if n_open >= n_avail:
-            break
-        g = lo + perm[s, lo + n_open]
-        a, c, fin = step_branch(g, 0, delta_tokens, branch_tokens, branch_final, probe_offsets, probe_answers)
-        glob[n_open] = g
-        depth[n_open] = 1
-        latest[n_open] = a
-        finished[n_open] = fin
-        cost += c
-        if fin:
-            pool[n_pool] = a
-            n_pool += 1
-        n_open += 1
+    n_open, n_pool, cost = open_batch(batch, lo, s, perm, n_avail, 0, 0, glob, depth, latest, finished, pool,
+                                      delta, branch_tokens, branch_final, probe_offsets, probe_answers)
     if n_open == 0:
-        return -1, cost
+        return NO_ANSWER, cost
     ema = 0.0
-    w_start = 0  # ring buffer: window[w_start .. w_start + w_len) modulo t_ema
+    w_start = 0
     w_len = 0
     for outer in range(max_rounds):
-        winner, top1, top2 = vote_stats_ids(pool, n_pool, scratch)
+        # 1. the pool's confidence and its momentum
+        winner, ema = pool_momentum(pool, n_pool, scratch, conf_table, ema, alpha)
+        w_start, w_len = window_push(window, w_start, w_len, ema)
         warm = outer >= warm_up
-        ema = (1 - alpha) * ema + alpha * conf_table[top1, top2]
-        if w_len < t_ema:
-            window[(w_start + w_len) % t_ema] = ema
-            w_len += 1
-        else:
-            window[w_start] = ema
-            w_start = (w_start + 1) % t_ema
-        n_live = 0
-        for i in range(n_open):
-            if not abandoned[i] and not finished[i]:
-                live[n_live] = i
-                n_live += 1
+        # 2. abandon branches that keep disagreeing with the pool winner; a junk answer leaves the count as it is
+        n_live = collect_live(n_open, abandoned, finished, live)
         if warm and winner >= 0:
-            n_stale = 0
             for j in range(n_live):
                 i = live[j]
                 a = latest[i]
                 if a != junk[0] and a != junk[1]:
-                    if a != winner:
-                        disagree[i] += 1
-                    else:
-                        disagree[i] = 0
-                if disagree[i] >= abandon_patience:
-                    order[n_stale] = i
-                    n_stale += 1
-            # stable sort of the stale branches by disagreement, highest first (insertion sort: n is small)
-            for x in range(1, n_stale):
-                v = order[x]
-                y = x - 1
-                while y >= 0 and disagree[order[y]] < disagree[v]:
-                    order[y + 1] = order[y]
-                    y -= 1
-                order[y + 1] = v
-            limit = min(n_stale, max(0, n_live - 2))
-            if limit > 0:
-                for x in range(limit):
-                    abandoned[order[x]] = True
-                m = 0
-                for j in range(n_live):
-                    if not abandoned[live[j]]:
-                        live[m] = live[j]
-                        m += 1
-                n_live = m
-        # deepest first, stable
-        for x in range(1, n_live):
-            v = live[x]
-            y = x - 1
-            while y >= 0 and depth[live[y]] < depth[v]:
-                live[y + 1] = live[y]
-                y -= 1
-            live[y + 1] = v
-        for j in range(n_live):
-            i = live[j]
-            burst = burst_aligned if (warm and winner >= 0 and latest[i] == winner) else 1
-            for _b in range(burst):
-                a, c, fin = step_branch(glob[i], depth[i], delta_tokens, branch_tokens, branch_final,
-                                        probe_offsets, probe_answers)
-                depth[i] += 1
-                cost += c
-                latest[i] = a
-                if fin:
-                    finished[i] = True
-                    pool[n_pool] = a
-                    n_pool += 1
-                    break
-        winner, top1, top2 = vote_stats_ids(pool, n_pool, scratch)
-        ema = (1 - alpha) * ema + alpha * conf_table[top1, top2]
-        newest = (w_start + w_len - 1) % t_ema
-        window[newest] = ema
-        trend = window[newest] - window[w_start] if w_len >= 2 else 0.0
+                    disagree[i] = disagree[i] + 1 if a != winner else 0
+            n_live = abandon_stale(live, n_live, disagree, abandon_patience, abandoned, order)
+        # 3. deepest first; aligned branches take longer bursts
+        sort_deepest_first(live, n_live, depth)
+        n_pool, c = step_bursts(live, n_live, warm and winner >= 0, winner, burst_aligned, glob, depth, latest,
+                                finished, pool, n_pool, delta, branch_tokens, branch_final, probe_offsets,
+                                probe_answers)
+        cost += c
+        # 4. the confidence after this round replaces the newest window entry
+        winner, ema = pool_momentum(pool, n_pool, scratch, conf_table, ema, alpha)
+        trend = window_replace_trend(window, w_start, w_len, ema)
+        # 5. answer when confident and not falling; 6. nothing left to advance
         if warm and n_pool >= min_complete and ema >= conf_thresh and trend >= -delta_slack:
             return winner, cost
-        done = True
-        for i in range(n_open):
-            if not (finished[i] or abandoned[i]):
-                done = False
-                break
-        if done:
+        if all_settled(n_open, finished, abandoned):
             break
-    if n_pool > 0:
-        return vote_stats_ids(pool, n_pool, scratch)[0], cost
-    m = 0
-    for i in range(n_open):
-        if not abandoned[i]:
-            order[m] = latest[i]
-            m += 1
-    tmp = np.empty(m, dtype=np.int32)
-    for i in range(m):
-        tmp[i] = order[i]
-    return vote_stats_ids(tmp, m, scratch)[0], cost
+    return fallback_answer(pool, n_pool, latest, abandoned, n_open, order, scratch), cost
 
 
 @njit(cache=True, parallel=True)
