@@ -2,6 +2,10 @@
 
 Answers are per-question integer ids; the vote helpers break ties by first occurrence in the list, exactly
 like `core.primitives`. Each controller module holds its own episode kernel and calls `run_episodes`.
+
+Editing this file: numba keys a kernel's on-disk cache (`cache=True`) on the kernel's own source file only, so the
+controllers' kernels that inline these helpers keep their cached machine code until their own file changes —
+delete `core/**/__pycache__/*.nbi` and `*.nbc` after changing a helper here.
 """
 
 from __future__ import annotations
