@@ -85,15 +85,20 @@ class Worker:
         self.closed = False
 
     def send(self, obj: Any, deadline: float) -> None:
-        write_all(self.to, encode(obj), deadline)
+        self.send_frame(encode(obj), deadline)
 
     def send_frame(self, frame: bytes, deadline: float) -> None:
+        """Write a frame; nothing happens if the worker has already gone (its closed pipe, read next, says how
+        it ended)."""
         try:
-            n = os.write(self.to, frame)  # almost always whole: the worker is waiting for it
-        except BlockingIOError:
-            n = 0
-        if n < len(frame):
-            write_all(self.to, memoryview(frame)[n:], deadline)
+            try:
+                n = os.write(self.to, frame)  # almost always whole: the worker is waiting for it
+            except BlockingIOError:
+                n = 0
+            if n < len(frame):
+                write_all(self.to, memoryview(frame)[n:], deadline)
+        except BrokenPipeError:
+            pass
 
     def read(self) -> bytes | None:
         """What the worker sent so far; b"" at its end, None when nothing was there after all."""

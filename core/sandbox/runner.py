@@ -263,7 +263,11 @@ class _Evaluation:
                 wait = max(0.0, min(remaining, canary_until - time.monotonic())) if canary else remaining
                 for fd, _ in poller.poll(wait):
                     job = active[fd]
-                    open_ = self.feed(job)
+                    try:
+                        open_ = self.feed(job)
+                    except TimeoutError:  # a reply could not be written before the deadline
+                        raise _Stop(f"timed out after {self.settings.timeout_s:g} s: a sandbox worker stopped "
+                                    "reading its replies", None, "timeout") from None
                     if open_ and job.state != "finished":
                         continue
                     # Done once its last reply is written: the worker exits on its own (the zygote reaps it),
