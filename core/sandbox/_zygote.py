@@ -51,6 +51,8 @@ class _Server:
     def __init__(self, ctrl: socket.socket, init: dict[str, Any]):
         self.ctrl, self.init = ctrl, init
         self.pids: dict[int, int] = {}
+        """Live workers: id → pid (an ended one moves to `ended`, so a long run's bookkeeping stays small)."""
+        self.wids: dict[int, int] = {}
         self.ended: dict[int, str] = {}
 
     def reply(self, obj: dict[str, Any]) -> None:
@@ -65,9 +67,10 @@ class _Server:
                 return
             if pid == 0:
                 return
-            for wid, p in self.pids.items():
-                if p == pid:
-                    self.ended[wid] = _status_text(status)
+            wid = self.wids.pop(pid, None)
+            if wid is not None:
+                del self.pids[wid]
+                self.ended[wid] = _status_text(status)
             if block_for is not None:
                 return
 
@@ -88,11 +91,11 @@ class _Server:
             os.close(fd)
         if pid > 0:
             self.pids[wid] = pid
+            self.wids[pid] = wid
 
     def shutdown(self) -> None:
-        for wid, pid in self.pids.items():
-            if wid not in self.ended:
-                _kill(pid)
+        for pid in self.pids.values():
+            _kill(pid)
         while True:
             try:
                 os.waitpid(-1, 0)
@@ -120,16 +123,13 @@ class _Server:
                     pass
             elif kind == "kill":
                 pid = self.pids.get(wid)
-                if pid is not None and wid not in self.ended:
+                if pid is not None:
                     _kill(pid)
             elif kind == "wait":
                 pid = self.pids.get(wid)
-                if pid is not None and wid not in self.ended:
+                if pid is not None:
                     self.reap(block_for=pid)
-                elif wid not in self.ended:
-                    self.reap()
                 self.reply({"t": "ended", "id": wid, "status": self.ended.pop(wid, "unknown")})
-                self.pids.pop(wid, None)
             else:
                 for fd in fds:
                     os.close(fd)
