@@ -52,10 +52,11 @@ def solve_command(question: str | None, model: str | None, controller: str, ques
       autotts solve -m Qwen3-0.6B-Q8_0.gguf -c my_controller.py:beta=0.5 --questions q.jsonl --record run.json.gz
       autotts solve --base-url http://127.0.0.1:8000 -c parallel-probe "What is 1+1?"
     """
+    from core.collect.factory import open_backend
     from core.collect.protocol import DEFAULT_INSTRUCTION, SamplingParams
     from core.collect.questions import QuestionItem, load_questions
     from core.evaluate import resolve_controller
-    from core.live import LiveSolver, live_settings, open_backend, recorded_environment
+    from core.live import LiveSolver, live_settings, recorded_environment
 
     if (question is None) == (questions_path is None):
         raise click.UsageError("give either a QUESTION or --questions FILE")
@@ -73,7 +74,7 @@ def solve_command(question: str | None, model: str | None, controller: str, ques
     backend = resolve_backend_kind(backend, urls)
     bk = open_backend(backend, model, settings, base_urls=urls, api_key=api_key, parallel=parallel,
                       n_gpu_layers=n_gpu_layers, threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget,
-                      timeout=request_timeout, retries=retries)
+                      timeout=request_timeout, retries=retries).backend
     try:
         solver = LiveSolver(bk, settings=settings, max_branches=max_branches, record=record_path is not None)
         baseline = LiveSolver(bk, settings=settings, max_branches=max_branches) if compare_spec else None

@@ -6,10 +6,11 @@ Its public names load on first use (`import core.errors` stays cheap: no numpy, 
 
 from __future__ import annotations
 
-import importlib as _importlib
 import sys as _sys
 import types as _types
 from typing import TYPE_CHECKING, Any
+
+from core.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from core.environment import ReplayEnvironment, ReplayQuestion
@@ -45,17 +46,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'core' has no attribute '{name}'")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return list(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 class _CoreModule(_types.ModuleType):

@@ -13,10 +13,11 @@ from pathlib import Path
 
 
 @contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a fresh temporary path beside `path` to write the new content to. On a normal exit the temporary file is
     fsync'd and renamed over `path`, then the directory is fsync'd; on an exception it is removed and `path` left as
-    it was. Parent folders are created."""
+    it was. Parent folders are created. `durable=False` skips the fsyncs, for files that are rewritten every second
+    and worthless after a crash (live progress): readers still never see half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     # same directory, so the rename is atomic; a unique name, so concurrent writers never share a temporary file
@@ -24,17 +25,19 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        _fsync(tmp, os.O_RDONLY)
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(p.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # makes the rename itself durable
+    if durable:
+        _fsync(p.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # makes the rename itself durable
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace `path` with `data` atomically and durably (see `replacing`); returns the path."""
-    with replacing(path) as tmp:
+def write_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
+    """Replace `path` with `data` atomically and (unless `durable=False`) durably, see `replacing`; returns the path."""
+    with replacing(path, durable=durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 

@@ -17,7 +17,7 @@ from mcp_helpers import make_study
 from core.discovery.log import DiscoveryLog, ExplorerOutcome
 from core.discovery.records import DiscoveryCall, EpisodeArrays, ResultRow, Run, Usage
 from core.discovery.service import DiscoveryService, cmc_spec
-from core.discovery.store import MIGRATIONS, SCHEMA_VERSION, RunStore, RunStoreError
+from core.discovery.store import MIGRATIONS, RUN_STORE_SCHEMA_VERSION, RunStore, RunStoreError
 from mcp_server import tools
 from mcp_server.discover.client import Explorer, ExplorerError, RetryPolicy, _retry_after
 from mcp_server.discover.context import RoundLimits, round_brief, system_prompt
@@ -113,7 +113,7 @@ def test_v1_store_migrates_to_v2(tmp_path):
     with pytest.raises(RunStoreError, match="needs migrating"):
         RunStore(path, readonly=True)
     store = RunStore(path)
-    assert SCHEMA_VERSION == 2 and store.schema_version() == 2 and store.count_runs() == 1
+    assert RUN_STORE_SCHEMA_VERSION == 2 and store.schema_version() == 2 and store.count_runs() == 1
     tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"discovery_sessions", "discovery_rounds", "discovery_calls", "discovery_runs"} <= tables
     assert store._db.execute("SELECT value FROM meta WHERE key='migration_002'").fetchone()[0].startswith(

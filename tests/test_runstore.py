@@ -28,7 +28,7 @@ from core.discovery.records import (
     TraceKey,
     format_run_id,
 )
-from core.discovery.store import SCHEMA_VERSION, RunStore, RunStoreError, parse_run_id
+from core.discovery.store import RUN_STORE_SCHEMA_VERSION, RunStore, RunStoreError, parse_run_id
 
 
 def _episodes(s: int = 4, q: int = 3, seed: int = 0) -> EpisodeArrays:
@@ -54,7 +54,7 @@ def _record(name: str = "cand", status: str = "ok", acc: float = 50.0, tokens: f
 
 def test_schema_created_and_versioned(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    assert store.schema_version() == SCHEMA_VERSION
+    assert store.schema_version() == RUN_STORE_SCHEMA_VERSION
     mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -62,7 +62,7 @@ def test_schema_created_and_versioned(tmp_path):
     store.close()
     # reopening is a no-op migration
     again = RunStore(tmp_path / "runs.sqlite")
-    assert again.schema_version() == SCHEMA_VERSION and again.count_runs() == 0
+    assert again.schema_version() == RUN_STORE_SCHEMA_VERSION and again.count_runs() == 0
 
 
 def test_newer_schema_is_refused(tmp_path):

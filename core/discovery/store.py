@@ -45,7 +45,7 @@ from core.discovery.records import (
 )
 from core.errors import AutoTTSError
 
-SCHEMA_VERSION = 2
+RUN_STORE_SCHEMA_VERSION = 2
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", """
@@ -224,10 +224,10 @@ class RunStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.row_factory = sqlite3.Row
         version = self.schema_version()
-        if version > SCHEMA_VERSION:
-            raise RunStoreError(f"{self.path}: schema_version {version} is newer than this autotts ({SCHEMA_VERSION}); "
+        if version > RUN_STORE_SCHEMA_VERSION:
+            raise RunStoreError(f"{self.path}: schema_version {version} is newer than this autotts ({RUN_STORE_SCHEMA_VERSION}); "
                                 "upgrade autotts")
-        if version < SCHEMA_VERSION:
+        if version < RUN_STORE_SCHEMA_VERSION:
             if readonly:
                 raise RunStoreError(f"{self.path}: schema_version {version} needs migrating; open it once read-write "
                                     "(e.g. start `autotts mcp` on the study)")

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from core.atomic import write_atomic
 from core.environment import ReplayEnvironment
 from core.errors import AutoTTSError
 from core.store import expand_paths, load_environment
@@ -46,7 +47,7 @@ STORE_FILE = "runs.sqlite"
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "server.log"
 FORMAT_NAME = "autotts-study"
-SCHEMA_VERSION = 1
+STUDY_SCHEMA_VERSION = 1
 DEMO_TOKEN = "@demo"
 DEFAULT_FOLDER = "autotts-study"
 """Where `autotts mcp` / `autotts study init` put a study when no folder is named (under the current directory)."""
@@ -215,7 +216,7 @@ class Study:
     def save(self) -> Path:
         doc = {
             "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": STUDY_SCHEMA_VERSION,
             "created": self.created,
             "search": [e.to_json() for e in self.search],
             "heldout": [e.to_json() for e in self.heldout],
@@ -224,11 +225,7 @@ class Study:
             "n_seeds": self.n_seeds,
             "sandbox": self.sandbox,
         }
-        path = self.folder / STUDY_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-        os.replace(tmp, path)
-        return path
+        return write_atomic(self.folder / STUDY_FILE, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
 
     # ----- what the study holds ------------------------------------------------------------------------------
     @property
@@ -249,9 +246,7 @@ class Study:
         """Atomically replace progress.json (run, state running|done|error, started, updated, done, total, unit,
         message); a viewer never reads a half-written file."""
         fields.setdefault("updated", time.time())
-        tmp = self.progress_path.with_name(PROGRESS_FILE + ".tmp")
-        tmp.write_bytes(orjson.dumps(fields))
-        os.replace(tmp, self.progress_path)
+        write_atomic(self.progress_path, orjson.dumps(fields), durable=False)
 
     @property
     def seeds(self) -> range:
@@ -391,10 +386,10 @@ def _migrate(doc: Any, cfg: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise StudyError(f"{cfg}: not an autotts study file (no \"format\": \"{FORMAT_NAME}\")")
     version = doc.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise StudyError(f"{cfg}: schema_version {version!r} is newer than this autotts reads ({SCHEMA_VERSION}); "
+    if not isinstance(version, int) or version > STUDY_SCHEMA_VERSION:
+        raise StudyError(f"{cfg}: schema_version {version!r} is newer than this autotts reads ({STUDY_SCHEMA_VERSION}); "
                          "upgrade autotts")
-    while version < SCHEMA_VERSION:
+    while version < STUDY_SCHEMA_VERSION:
         doc = _MIGRATIONS[version](doc)
         version = doc["schema_version"]
     return doc

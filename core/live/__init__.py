@@ -11,7 +11,6 @@ from core.live.solver import (
     LiveResult,
     LiveSolver,
     live_settings,
-    open_backend,
     recorded_environment,
 )
 
@@ -21,6 +20,5 @@ __all__ = [
     "LiveResult",
     "LiveSolver",
     "live_settings",
-    "open_backend",
     "recorded_environment",
 ]

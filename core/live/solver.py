@@ -180,32 +180,3 @@ def recorded_environment(results: Sequence[LiveResult], *, name: str = "live/sol
     ]
     records = [r.record for r in results]
     return environment_from_records(records, name=name, metadata=md)
-
-
-def open_backend(
-    kind: str,
-    model: str | None,
-    settings: CollectSettings,
-    *,
-    base_url: str | None = None,
-    base_urls: Sequence[str] = (),
-    api_key: str | None = None,
-    parallel: int = 64,
-    n_gpu_layers: int = 0,
-    threads: int | None = None,
-    kv_type: str = "f16",
-    kv_budget_gb: float | None = None,
-    timeout: float = 600.0,
-    retries: int = 3,
-) -> Backend:
-    """A backend for live solving (`core.collect.factory.open_backend`, the one `autotts collect` uses). `kind`
-    "llama": llama.cpp in this process, `model` a GGUF path, KV sized for `parallel` branches of
-    `settings.branch_budget()` tokens; "openai": OpenAI-compatible servers at `base_urls` (or `base_url`), `model`
-    their model name (None: the first listed), `parallel` concurrent requests per server."""
-    from core.collect.factory import open_backend as open_any
-
-    urls = list(base_urls) + ([base_url] if base_url else [])
-    return open_any(kind, model, settings, base_urls=urls, api_key=api_key, parallel=parallel,
-                    n_gpu_layers=n_gpu_layers, threads=threads, kv_type=kv_type, kv_budget_gb=kv_budget_gb,
-                    timeout=timeout, retries=retries).backend
-
