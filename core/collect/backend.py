@@ -14,9 +14,9 @@ The shared test suite (tests/test_collect_backends.py) checks these contracts on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -38,6 +38,48 @@ class CapacityError(BackendError):
 
 class BranchStateError(CollectError):
     """A call named a branch or prompt that is not open, or a branch that already finished."""
+
+
+R = TypeVar("R")
+
+
+class _BranchRecord(Protocol):
+    finished: bool
+
+
+B = TypeVar("B", bound=_BranchRecord)
+
+
+def registered_prompt(prompts: Mapping[int, R], prompt: int) -> R:
+    """A backend's record of `prompt`, or the contract's error for a prompt that was never added or was released."""
+    record = prompts.get(prompt)
+    if record is None:
+        raise BranchStateError(f"prompt {prompt} is not registered")
+    return record
+
+
+def check_releasable(prompt: int, open_branches: int) -> None:
+    """`release_prompt` is refused while branches of the prompt are open."""
+    if open_branches:
+        raise BranchStateError(f"prompt {prompt} still has {open_branches} open branches")
+
+
+def open_branch_record(branches: MutableMapping[int, R], branch: int, *, pop: bool = False) -> R:
+    """A backend's record of the open `branch` (removed from `branches` with `pop=True`, for `close_branch`)."""
+    record = branches.pop(branch, None) if pop else branches.get(branch)
+    if record is None:
+        raise BranchStateError(f"branch {branch} is not open")
+    return record
+
+
+def unfinished_branch(branches: Mapping[int, B], branch: int) -> B:
+    """The open `branch`, refused once it has sampled an end-of-generation token (it cannot be extended or probed)."""
+    record = branches.get(branch)
+    if record is None:
+        raise BranchStateError(f"branch {branch} is not open")
+    if record.finished:
+        raise BranchStateError(f"branch {branch} already finished (it sampled an end-of-generation token)")
+    return record
 
 
 @dataclass(frozen=True)

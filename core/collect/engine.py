@@ -35,11 +35,14 @@ import numpy as np
 
 from core.collect.backend import (
     BackendError,
-    BranchStateError,
     CapacityError,
     Chunk,
     Extend,
     ProbeResult,
+    check_releasable,
+    open_branch_record,
+    registered_prompt,
+    unfinished_branch,
 )
 from core.collect.batching import BatchDecoder
 from core.collect.protocol import THINK_END, SamplingParams, box_close
@@ -331,20 +334,15 @@ class LlamaEngine(BatchDecoder):
         return pid
 
     def release_prompt(self, prompt: int) -> None:
-        p = self._prompts.get(prompt)
-        if p is None:
-            raise BranchStateError(f"prompt {prompt} is not registered")
-        if p.n_branches:
-            raise BranchStateError(f"prompt {prompt} still has {p.n_branches} open branches")
+        p = registered_prompt(self._prompts, prompt)
+        check_releasable(prompt, p.n_branches)
         if p.holder is not None:
             self._L.llama_memory_seq_rm(self._mem, p.holder, -1, -1)
             self._free_holders.append(p.holder)
         del self._prompts[prompt]
 
     def open_branch(self, prompt: int, seed: int, sampling: SamplingParams | None = None) -> int:
-        p = self._prompts.get(prompt)
-        if p is None:
-            raise BranchStateError(f"prompt {prompt} is not registered")
+        p = registered_prompt(self._prompts, prompt)
         if not self._free_seqs:
             raise CapacityError(f"all {self.max_branches} branch slots are in use; close a branch first")
         seq = self._free_seqs.pop()
@@ -362,20 +360,13 @@ class LlamaEngine(BatchDecoder):
         return bid
 
     def close_branch(self, branch: int) -> None:
-        br = self._branches.pop(branch, None)
-        if br is None:
-            raise BranchStateError(f"branch {branch} is not open")
+        br = open_branch_record(self._branches, branch, pop=True)
         self._L.llama_memory_seq_rm(self._mem, br.seq, -1, -1)
         self._free_seqs.append(br.seq)
         self._prompts[br.prompt].n_branches -= 1
 
     def _get(self, branch: int) -> _Branch:
-        br = self._branches.get(branch)
-        if br is None:
-            raise BranchStateError(f"branch {branch} is not open")
-        if br.finished:
-            raise BranchStateError(f"branch {branch} already finished (it sampled an end-of-generation token)")
-        return br
+        return unfinished_branch(self._branches, branch)
 
     def _sample(self, branches: Sequence[_Branch], logits: np.ndarray, greedy: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(branches)

@@ -35,7 +35,17 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from core.collect.backend import BackendError, BranchStateError, CapacityError, Chunk, Extend, ProbeResult
+from core.collect.backend import (
+    BackendError,
+    CapacityError,
+    Chunk,
+    Extend,
+    ProbeResult,
+    check_releasable,
+    open_branch_record,
+    registered_prompt,
+    unfinished_branch,
+)
 from core.collect.protocol import THINK_END, SamplingParams, box_close
 from core.collect.sampling import CONF_TOP_K
 
@@ -386,9 +396,7 @@ class OpenAIBackend:
         end-of-generation token is not in the text and not counted). Token-id mode: always 0."""
         out = {}
         for bid in branches:
-            br = self._branches.get(bid)
-            if br is None:
-                raise BranchStateError(f"branch {bid} is not open")
+            br = open_branch_record(self._branches, bid)
             if self.token_mode == "ids" or self.tokenize_path is None:
                 out[bid] = 0
                 continue
@@ -508,16 +516,11 @@ class OpenAIBackend:
         return pid
 
     def release_prompt(self, prompt: int) -> None:
-        p = self._prompts.get(prompt)
-        if p is None:
-            raise BranchStateError(f"prompt {prompt} is not registered")
-        if p.refs:
-            raise BranchStateError(f"prompt {prompt} still has {p.refs} open branches")
+        check_releasable(prompt, registered_prompt(self._prompts, prompt).refs)
         del self._prompts[prompt], self._home[prompt]
 
     def open_branch(self, prompt: int, seed: int, sampling: SamplingParams | None = None) -> int:
-        if prompt not in self._prompts:
-            raise BranchStateError(f"prompt {prompt} is not registered")
+        registered_prompt(self._prompts, prompt)
         if len(self._branches) >= self.max_branches:
             raise CapacityError(f"all {self.max_branches} branch slots are in use; close a branch first")
         with self._lock:
@@ -528,18 +531,11 @@ class OpenAIBackend:
         return bid
 
     def close_branch(self, branch: int) -> None:
-        br = self._branches.pop(branch, None)
-        if br is None:
-            raise BranchStateError(f"branch {branch} is not open")
+        br = open_branch_record(self._branches, branch, pop=True)
         self._prompts[br.prompt].refs -= 1
 
     def _get(self, branch: int) -> _Branch:
-        br = self._branches.get(branch)
-        if br is None:
-            raise BranchStateError(f"branch {branch} is not open")
-        if br.finished:
-            raise BranchStateError(f"branch {branch} already finished (it sampled an end-of-generation token)")
-        return br
+        return unfinished_branch(self._branches, branch)
 
     @staticmethod
     def _chunk_seed(seed: int, k: int) -> int:
