@@ -14,6 +14,12 @@ REPLAY_DIR = Path(os.environ.get("AUTOTTS_REPLAY_DIR", REPO.parent / "shared" / 
 REFERENCE_CSV = Path(os.environ.get("AUTOTTS_REFERENCE_CSV", REPO.parent / "shared" / "reference" / "reference_eval.csv"))
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests (MCP client, Textual pilot) run on asyncio only."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def replay_dir() -> Path:
     if not REPLAY_DIR.is_dir():

@@ -118,10 +118,6 @@ OS_CASES = [
 ]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

@@ -58,10 +58,6 @@ class Greedy:
 '''
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):

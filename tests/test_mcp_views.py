@@ -41,10 +41,6 @@ class StepEverything:
 '''
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):

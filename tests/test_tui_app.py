@@ -32,10 +32,6 @@ SIZE = (100, 32)
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture(autouse=True)
 def _sandbox_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
