@@ -882,3 +882,29 @@ def subprocess_pid_that_has_exited() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_evaluations_run_batch_scheduled_on_their_own_thread_only():
+    import subprocess
+    import threading
+
+    from core.sandbox.processes import batch_scheduling
+
+    probe = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
+    seen: dict[str, int] = {}
+
+    def evaluation_thread() -> None:
+        with batch_scheduling():
+            seen["inside"] = os.sched_getscheduler(0)
+            seen["main while inside"] = os.sched_getscheduler(main_tid)
+            seen["child"] = int(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
+        seen["after"] = os.sched_getscheduler(0)
+
+    main_tid = threading.get_native_id()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    t = threading.Thread(target=evaluation_thread)
+    t.start()
+    t.join()
+    assert seen == {"inside": os.SCHED_BATCH, "main while inside": os.SCHED_OTHER, "child": os.SCHED_BATCH,
+                    "after": os.SCHED_OTHER}

@@ -32,7 +32,7 @@ from core.sandbox import isolation
 from core.sandbox._exec import MAX_ANSWER_CHARS
 from core.sandbox._protocol import ProtocolError, Tick, encode
 from core.sandbox.broker import BrokerProtocolError, CellBroker, QuestionBroker, broker_for
-from core.sandbox.processes import Worker, Zygote, ZygoteError, crash_text
+from core.sandbox.processes import Worker, Zygote, ZygoteError, batch_scheduling, crash_text
 from core.sandbox.reports import LEVELS, AuditMismatch, AuditReport, IsolationReport
 from core.specs import format_options
 
@@ -232,6 +232,10 @@ class _Evaluation:
 
     # ----- the loop ------------------------------------------------------------------------------------------------
     def run(self, jobs: list[_Job], on_done: Callable[[_Job], None]) -> None:
+        with batch_scheduling():  # the zygote and its workers inherit it
+            self._run(jobs, on_done)
+
+    def _run(self, jobs: list[_Job], on_done: Callable[[_Job], None]) -> None:
         self.check_expected()
         try:
             self.zygote = Zygote(probe=self.probe, use_bwrap=self.use_bwrap, native_namespaces=self.use_native,
