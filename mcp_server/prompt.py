@@ -81,7 +81,8 @@ before it has one) is a string like any other: returned, it is simply wrong; it 
   read in full) and its answers step by step run-length compressed (`ERR×3 7×2 601×14`; `·` = not revealed).
   A final step costs the branch's remaining tokens, which can be more or less than Δ. `view="actions"` lists
   the actions, `only="finishes"` / `"changes"` filters them.
-* compare_runs(a, b) — per-question differences and paired t-tests over seeds of accuracy and tokens.
+* compare_runs(a, b) — per-question differences and paired t-tests over seeds of accuracy and tokens; b may be a
+  built-in (cmc, one-batch, sc:n=64) to see where a run beats or loses to it.
 Every result fits in 8,000 characters; longer ones say "page k/N" — pass `page=`.
 """
 """How runs are scored and how to read the tools' results (the format resource and autotts://study carry it)."""
@@ -210,7 +211,8 @@ well your controller generalises, so do not tune to quirks of individual questio
 * `inspect_trace(run_id, env?, beta?)` — a per-question digest: accuracy, tokens, branches opened, why each
   episode stopped, and where SC@64 was right but your controller wrong. Add `question=` (and `seed=`) for one
   episode branch by branch (`view="actions"` for its actions, `only="finishes"` or `"changes"`).
-* `compare_runs(run_a, run_b, env?, beta?)` — per-question differences and whether the difference is noise.
+* `compare_runs(run_a, run_b, env?, beta?)` — per-question differences and whether the difference is noise; `run_b`
+  may be a built-in (`cmc`, `one-batch`, `sc:n=64`), run on the same seeds.
 * `get_history` — the leaderboard of every candidate so far; `get_controller(run_id)` — a candidate's source.
 The resource `autotts://controller-format` says how answers are scored (exact strings) and what every column
 of these results means.

@@ -158,13 +158,14 @@ def build_server(study: Study | DiscoveryService, *, name: str = "autotts", toke
     @tool(read_only)
     async def compare_runs(
         run_a: Annotated[str, Field(description="A scored run id, e.g. r0007.")],
-        run_b: Annotated[str, Field(description="Another scored run id.")],
+        run_b: Annotated[str, Field(description="Another scored run id, or a built-in to measure against: cmc or "
+                                                "one-batch (at the compared β), sc:n=64, asc, esc, parallel-probe.")],
         env: Annotated[str | None, Field(description="One search environment; default all both ran on, "
                                                      "pooled with equal weight.")] = None,
         beta: Annotated[float | None, Field(description="β to compare at; default 0.5 (or the middle common β).")]
         = None,
     ) -> Annotated[CallToolResult, tools.Comparison]:
-        """Compare two runs on the seeds and questions both evaluated (a − b): paired t-tests over seeds of the
+        """Compare two runs, or a run and a built-in, on the seeds and questions both evaluated (a − b): paired t-tests over seeds of the
         accuracy and token differences saying whether each is more than noise, the accuracy difference at every
         other common β, and per question the accuracy and token differences, largest first."""
         return _result(await _call(tools.compare_runs, svc, run_a, run_b, env, beta))

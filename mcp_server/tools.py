@@ -30,8 +30,9 @@ from core.branch_view import (
 )
 from core.compare import render_comparison, render_pooled
 from core.discovery.records import EpisodeArrays, Run, TraceKey
-from core.discovery.service import SC64, DiscoveryService, Progress, ToolInputError
+from core.discovery.service import SC64, CompareSide, DiscoveryService, Progress, ToolInputError
 from core.discovery.store import RunStoreError, parse_run_id
+from core.errors import ControllerSpecError
 from core.load_note import LoadNote, render_load_note
 from core.objective import Objective, render_objective
 from core.sandbox.reports import sandbox_summary
@@ -512,33 +513,32 @@ def get_history(svc: DiscoveryService, page: int = 1, page_size: int = 20, inclu
 
 def compare_runs(svc: DiscoveryService, run_a: str | int, run_b: str | int, env: str | None = None,
                  beta: float | None = None) -> Comparison:
-    """Two scored runs at one β, paired on the seeds and questions both evaluated: per-question differences in
-    accuracy and tokens and paired t-tests over seeds (`core.compare`), on one environment or pooled over all both
-    ran on; one line per other β both have."""
-    runs = []
-    for rid in (run_a, run_b):
-        run = svc.store.run(_run_id(rid), with_source=False)
-        if run.status != "ok":
-            raise ToolInputError(f"{run.run_id} is not a scored run ({run.status}); compare runs that scored")
-        runs.append(run)
-    a, b = runs
+    """Two scored runs — or a run and a built-in (`cmc`, `one-batch`, `sc:n=64`), run here on the same seeds — at one
+    β, paired on the seeds and questions both evaluated: per-question differences in accuracy and tokens and paired
+    t-tests over seeds (`core.compare`), on one environment or pooled over all both ran on; one line per other β
+    both have."""
+    a, b = (_compare_side(svc, ref) for ref in (run_a, run_b))
+    if a.run is None and b.run is None:
+        raise ToolInputError("compare a run with a built-in or with another run: at least one side must be a run id")
     common_envs = [e for e in a.envs if e in b.envs]
     if env is not None:
         svc.check_env_names([env])
         if env not in common_envs:
-            raise ToolInputError(f"both runs must have been evaluated on '{env}'; in common: "
+            raise ToolInputError(f"both sides must have been evaluated on '{env}'; in common: "
                                  f"{', '.join(common_envs) or 'none'}")
         common_envs = [env]
     if not common_envs:
-        raise ToolInputError(f"{a.run_id} and {b.run_id} share no environment")
-    betas = [x for x in a.betas if any(abs(x - y) < 1e-9 for y in b.betas)]
+        raise ToolInputError(f"{a.ref} and {b.ref} share no environment")
+    a_betas = a.betas if a.betas is not None else b.betas
+    b_betas = b.betas if b.betas is not None else a_betas
+    assert a_betas is not None and b_betas is not None
+    betas = [x for x in a_betas if any(abs(x - y) < 1e-9 for y in b_betas)]
     if not betas:
-        raise ToolInputError(f"{a.run_id} (β {_fmt_betas(a.betas)}) and {b.run_id} (β {_fmt_betas(b.betas)}) "
-                             "share no β")
+        raise ToolInputError(f"{a.ref} (β {_fmt_betas(a_betas)}) and {b.ref} (β {_fmt_betas(b_betas)}) share no β")
     if beta is None:
         beta = 0.5 if 0.5 in betas else betas[len(betas) // 2]
     elif not any(abs(float(beta) - x) < 1e-9 for x in betas):
-        raise ToolInputError(f"β={beta:g} is not a β both runs have; in common: {_fmt_betas(betas)}")
+        raise ToolInputError(f"β={beta:g} is not a β both sides have; in common: {_fmt_betas(betas)}")
     beta = next(x for x in betas if abs(float(beta) - x) < 1e-9)
     pooled = svc.compare(a, b, common_envs, beta)
     first = pooled.per_env[0]
@@ -547,7 +547,7 @@ def compare_runs(svc: DiscoveryService, run_a: str | int, run_b: str | int, env:
         if x != beta:
             t = svc.compare(a, b, common_envs, x).accuracy
             others.append([x, round(t.diff, 3), round(t.se, 3), t.within_noise])
-    lines = [f"a = {a.run_id} '{a.name[:40]}', b = {b.run_id} '{b.name[:40]}', β={beta:g}; paired on the "
+    lines = [f"a = {a.ref} '{a.label[:40]}', b = {b.ref} '{b.label[:40]}', β={beta:g}; paired on the "
              f"{first.n_seeds} seeds and {sum(c.n_questions for c in pooled.per_env)} questions both evaluated"
              " (± = SE over seeds; 'within noise' = |diff| < 2·SE)."]
     if len(pooled.per_env) > 1:
@@ -564,7 +564,7 @@ def compare_runs(svc: DiscoveryService, run_a: str | int, run_b: str | int, env:
     if top:
         lines.append("(env= shows every differing question of one environment)")
     body = "\n".join(lines)
-    return Comparison(run_a=a.run_id, run_b=b.run_id, beta=beta, envs=common_envs, seeds=first.n_seeds,
+    return Comparison(run_a=a.ref, run_b=b.ref, beta=beta, envs=common_envs, seeds=first.n_seeds,
                       accuracy=_paired(pooled.accuracy), tokens=_paired(pooled.tokens), at_other_betas=others,
                       body=body)
 
@@ -727,6 +727,24 @@ def _episode(svc: DiscoveryService, run: Run, env: Any, beta: float, ep: Episode
 
 
 # ----- small helpers -----------------------------------------------------------------------------------------------
+def _compare_side(svc: DiscoveryService, ref: str | int) -> CompareSide:
+    """A run id (`r0007`, 7) as its scored run, anything else as a built-in spec (never a file: no code runs)."""
+    try:
+        run_id = parse_run_id(ref)
+    except RunStoreError:
+        if not isinstance(ref, str) or ref.strip().split(":")[0].endswith(".py"):
+            raise ToolInputError(f"'{ref}' is neither a run id (r0007) nor a built-in (cmc, one-batch, sc:n=64)") \
+                from None
+        try:
+            return svc.builtin_side(ref)
+        except ControllerSpecError as e:
+            raise ToolInputError(f"'{ref}' is neither a run id (r0007) nor a built-in: {e}") from None
+    run = svc.store.run(run_id, with_source=False)
+    if run.status != "ok":
+        raise ToolInputError(f"{run.run_id} is not a scored run ({run.status}); compare runs that scored")
+    return svc.run_side(run)
+
+
 def _run_id(value: Any) -> int:
     try:
         return parse_run_id(value)

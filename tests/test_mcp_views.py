@@ -200,7 +200,31 @@ async def test_compare_runs_paired_over_seeds(server, svc, study, runs):
     assert self_cmp["tokens"]["diff"] == 0
     assert quick["seeds"] == 3  # paired on the seeds both evaluated
     assert " 1 " in quick["body"].split("per question")[1] or " 4 " in quick["body"].split("per question")[1]
-    assert no_beta.is_error and "not a β both runs have" in text(no_beta)
+    assert no_beta.is_error and "not a β both sides have" in text(no_beta)
+
+
+async def test_compare_runs_against_a_built_in(server, svc, study, runs):
+    """A built-in as run_b is run on the study's seeds at the compared β: the CMC candidate's run (exact to the
+    built-in) compares with `cmc` as it does with itself, and a run against `cmc` reads as against that run."""
+    async with Client(server) as c:
+        _, vs_run = await call(c, "compare_runs", {"run_a": runs["ex"], "run_b": runs["cmc"], "beta": 0.5})
+        body, vs_builtin = await call(c, "compare_runs", {"run_a": runs["ex"], "run_b": "cmc", "beta": 0.5})
+        _, same = await call(c, "compare_runs", {"run_a": runs["cmc"], "run_b": "cmc", "beta": 0.0})
+        _, fixed = await call(c, "compare_runs", {"run_a": runs["cmc"], "run_b": "cmc:beta=0.5", "beta": 0.0})
+        _, sc = await call(c, "compare_runs", {"run_a": runs["quick"], "run_b": "sc:n=64"})
+        refused = {ref: text(await c.call_tool("compare_runs", {"run_a": runs["ex"], "run_b": ref}))
+                   for ref in ("evil.py", "nope", "cmc:beta=0,1")}
+        two_builtins = await c.call_tool("compare_runs", {"run_a": "cmc", "run_b": "sc"})
+    for key in ("accuracy", "tokens", "at_other_betas", "seeds", "envs", "beta"):
+        assert vs_builtin[key] == vs_run[key], key
+    assert vs_builtin["run_b"] == "cmc" and "b = cmc 'cmc at each β'" in body
+    assert same["accuracy"]["diff"] == 0 and same["tokens"]["diff"] == 0
+    assert all(d == 0 for _, d, _, _ in same["at_other_betas"])
+    assert fixed["tokens"]["diff"] != 0  # β=0 against CMC held at β=0.5: a different setting
+    assert sc["seeds"] == 3 and sc["run_b"] == "sc:n=64"  # paired on the quick run's seeds and questions
+    assert "neither a run id" in refused["evil.py"] and "neither a run id" in refused["nope"]
+    assert "one built-in setting" in refused["cmc:beta=0,1"]
+    assert two_builtins.is_error and "at least one side must be a run id" in text(two_builtins)
 
 
 async def test_digest_and_branch_view_tell_stop_reasons_apart(server, svc, study, runs):

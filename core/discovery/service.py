@@ -10,6 +10,7 @@ Held-out environments are never loaded here except by `evaluate_heldout`, which 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -103,6 +104,27 @@ class Evaluation:
     stdout_tail: str | None = None
 
 
+@dataclass(frozen=True)
+class CompareSide:
+    """One side of a comparison: a scored run, or a built-in controller run here on the search environments."""
+
+    ref: str
+    """The run id (`r0007`) or the built-in's spec (`cmc`, `sc:n=64`)."""
+    label: str
+    """The run's name, or the spec and how β is chosen."""
+    envs: tuple[str, ...]
+    """Environments it has results on."""
+    betas: tuple[float, ...] | None
+    """The β it was evaluated at; None for a built-in (run at whichever β is compared)."""
+    seeds: tuple[int, ...]
+    questions: tuple[int, ...] | None
+    """Question indices evaluated (None: all; a quick run evaluates fewer)."""
+    run: Run | None = None
+    spec: str | None = None
+    beta_free: bool = False
+    """A built-in with a β option that the spec leaves open: it runs at the compared β."""
+
+
 class DiscoveryService:
     """Everything the tools need: the study, its store, sandbox settings, baselines, and the evaluation lock."""
 
@@ -121,6 +143,7 @@ class DiscoveryService:
         self._busy_since: float | None = None
         self._baseline_lock = threading.Lock()
         self._baselines: dict[tuple[str, str], Baseline] = {}
+        self._builtin_results: dict[tuple[str, str, tuple[int, ...]], EvalResult] = {}
 
     # ----- sandbox -------------------------------------------------------------------------------------------
     @property
@@ -435,38 +458,68 @@ class DiscoveryService:
                 full_grid=is_full_grid(run.betas, self.study.betas) and set(run.envs) == search))
         return leaderboard(entries), failed
 
-    def compare(self, run_a: Run, run_b: Run, envs: Sequence[str], beta: float) -> PooledComparison:
-        """Two scored runs at one β on the given environments, paired on the seeds and questions both evaluated."""
-        a_scope, b_scope = run_a.summary and run_a.summary.scope, run_b.summary and run_b.summary.scope
-        a_seeds = self.study.seeds if not a_scope else a_scope.seeds
-        b_seeds = set(self.study.seeds if not b_scope else b_scope.seeds)
-        seeds = [s for s in a_seeds if s in b_seeds]
+    def run_side(self, run: Run) -> CompareSide:
+        """A scored run as one side of a comparison."""
+        scope = run.summary.scope if run.summary else None
+        return CompareSide(ref=run.run_id, label=run.name, envs=tuple(run.envs), betas=tuple(run.betas),
+                           seeds=tuple(self.study.seeds if not scope else scope.seeds),
+                           questions=None if not scope or scope.questions is None else tuple(scope.questions),
+                           run=run)
+
+    def builtin_side(self, spec: str) -> CompareSide:
+        """A built-in controller (`cmc`, `sc:n=64`, `one-batch:beta=0.3`) as one side of a comparison, run here on
+        the search environments and the study's seeds. One without a β option (`cmc`) is compared at the other
+        side's β; one without β at all (`sc`) is the same at every β."""
+        from core.controllers import BUILTINS, parse_spec
+
+        specs = parse_spec(spec)
+        if len(specs) != 1 or specs[0].name not in BUILTINS:
+            raise ToolInputError(f"'{spec}' is not one built-in setting; write e.g. cmc, sc:n=64 or cmc:beta=0.3")
+        fixed = specs[0]
+        options = {f.name for f in dataclasses.fields(BUILTINS[fixed.name])}  # type: ignore[arg-type]  # dataclasses
+        beta_free = "beta" in options and "beta" not in dict(fixed.args)
+        return CompareSide(ref=str(fixed), label=str(fixed) + (" at each β" if beta_free else ""),
+                           envs=tuple(self.study.search_names), betas=None, seeds=tuple(self.study.seeds),
+                           questions=None, spec=str(fixed), beta_free=beta_free)
+
+    def compare(self, side_a: CompareSide, side_b: CompareSide, envs: Sequence[str], beta: float
+                ) -> PooledComparison:
+        """Two sides at one β on the given environments, paired on the seeds and questions both evaluated."""
+        b_seeds = set(side_b.seeds)
+        seeds = [s for s in side_a.seeds if s in b_seeds]
         pairs, commons = [], []
         for env in self.study.search_envs(list(envs)):
             all_q = list(range(env.n_questions))
-            qa = all_q if not a_scope or a_scope.questions is None else a_scope.questions
-            qb = set(all_q if not b_scope or b_scope.questions is None else b_scope.questions)
+            qa = all_q if side_a.questions is None else list(side_a.questions)
+            qb = set(all_q if side_b.questions is None else side_b.questions)
             common = [q for q in qa if q in qb]
             if not seeds or not common:
-                raise ToolInputError(f"{run_a.run_id} and {run_b.run_id} share no seeds and questions to compare")
+                raise ToolInputError(f"{side_a.ref} and {side_b.ref} share no seeds and questions to compare")
             commons.append(common)
-            pairs.append(tuple(self._episodes(run, env.name, beta, seeds, common).as_result(env.name, run.run_id)
-                               for run in (run_a, run_b)))
+            pairs.append(tuple(self._episodes(side, env, beta, seeds, common).as_result(env.name, side.ref)
+                               for side in (side_a, side_b)))
         pooled = compare_pooled(pairs)  # type: ignore[arg-type]
         # compare_arrays numbers questions by position; name them by their index in the environment
         return replace(pooled, per_env=tuple(
             replace(c, questions=tuple(replace(d, question=common[d.question]) for d in c.questions))
             for c, common in zip(pooled.per_env, commons, strict=True)))
 
-    def _episodes(self, run: Run, env: str, beta: float, seeds: Sequence[int], questions: Sequence[int]
-                  ) -> EpisodeArrays:
-        """A run's episodes at (env, β) on the given seeds and (original) question indices."""
+    def _episodes(self, side: CompareSide, env: ReplayEnvironment, beta: float, seeds: Sequence[int],
+                  questions: Sequence[int]) -> EpisodeArrays:
+        """A side's episodes at (env, β) on the given seeds and (original) question indices."""
+        if side.run is None:
+            assert side.spec is not None
+            spec = f"{side.spec}{',' if ':' in side.spec else ':'}beta={beta:g}" if side.beta_free else side.spec
+            key = (spec, env.name, tuple(seeds))
+            if key not in self._builtin_results:
+                self._builtin_results[key] = evaluate(env, spec, seeds)
+            r = self._builtin_results[key]
+            return EpisodeArrays(np.asarray(r.seeds), r.answers, r.tokens, r.correct).select(questions=questions)
+        run = side.run
         assert run.id is not None
-        row = self.store.results(run.id, env=env, beta=beta, with_episodes=True)[0]
+        row = self.store.results(run.id, env=env.name, beta=beta, with_episodes=True)[0]
         assert row.episodes is not None, "scored runs keep their episodes"
-        scope = run.summary.scope if run.summary else None
-        index = list(range(row.episodes.tokens.shape[1])) if scope is None or scope.questions is None \
-            else scope.questions
+        index = list(range(row.episodes.tokens.shape[1])) if side.questions is None else list(side.questions)
         return row.episodes.select(seeds, [index.index(q) for q in questions])
 
     def trace_episode(self, run: Run, env: ReplayEnvironment, key: TraceKey) -> Trace:
