@@ -274,3 +274,31 @@ def test_cli_tui_opens_the_study_read_only(study, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOTTS_STUDY", str(study.folder))
     assert CliRunner().invoke(main, ["tui"]).exit_code == 0 and seen["app"].reader.folder == study.folder
     seen["app"].reader.close()
+
+
+async def test_the_actions_table_is_as_wide_as_its_own_trace(study):
+    """A cleared DataTable keeps old column widths: after a trace with `prune` (5 letters), one with only `read`
+    steps must not keep a 5-wide op column."""
+    app = app_for(study.folder, baselines=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        view = app.query_one(TraceView)
+        episodes = [(ref, q) for _, ref in view._candidate_choices for q in range(3)]
+        for ref, q in episodes:
+            view.choose(controller=ref, question=q, seed=0)
+            await settle(pilot)
+            if view.trace is not None and any(ev[0] == "prune" for ev in view.trace.events):
+                break
+        else:
+            pytest.fail("no demo candidate prunes in its first episode")
+        timeline = view.query_one("#trace-timeline")
+
+        def op_width() -> int:  # what is drawn, auto-sized or not
+            return timeline.ordered_columns[0].get_render_width(timeline) - 2 * timeline.cell_padding
+
+        assert op_width() == 5
+        view.choose(controller="spec:sc:n=64", question=3, seed=0)
+        await settle(pilot)
+        assert {ev[0] for ev in view.trace.events} == {"read"}
+        assert op_width() == 4

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -84,6 +85,10 @@ def render_grid(grid: TraceGrid, max_rows: int = 128) -> Text:
     return out
 
 
+TIMELINE_COLUMNS = (("op", "op"), ("br", "br"), ("tok", "+tok"), ("ans", "answer"))
+"""(key, header) of the actions table's columns."""
+
+
 class TraceView(Vertical):
     """Choose controller, environment, question, shuffle seed and β; `[` `]` step the question, `,` `.` the
     seed."""
@@ -152,10 +157,20 @@ class TraceView(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#trace-grid-box").border_title = "branches × 500-token intervals"
+        self._reset_timeline()
+        self.query_one("#trace-timeline", DataTable).border_title = "actions"
+
+    def _reset_timeline(self, rows: Sequence[tuple[str | Text, ...]] = ()) -> None:
+        """The actions table with just these rows. Columns are rebuilt at widths measured from the rows: a cleared
+        DataTable keeps each column's width from rows already gone, and measures new rows only once idle, so the
+        table would otherwise look different depending on what was shown before and when it is drawn."""
         tl = self.query_one("#trace-timeline", DataTable)
-        for key, label in (("op", "op"), ("br", "br"), ("tok", "+tok"), ("ans", "answer")):
-            tl.add_column(label, key=key)
-        tl.border_title = "actions"
+        tl.clear(columns=True)
+        for k, (key, label) in enumerate(TIMELINE_COLUMNS):
+            width = max([cell_len(label), *(cell_len(row[k]) if isinstance(row[k], str) else row[k].cell_len
+                                             for row in rows)])
+            tl.add_column(label, key=key, width=width)
+        tl.add_rows(rows)
 
     # ----- choices ----------------------------------------------------------------------------------------------
     def set_candidates(self, choices: Sequence[tuple[str, str]]) -> None:
@@ -247,7 +262,7 @@ class TraceView(Vertical):
         self.trace, self.grid = None, None
         self.query_one("#trace-summary", Static).update(text)
         self.query_one("#trace-grid", Static).update("")
-        self.query_one("#trace-timeline", DataTable).clear()
+        self._reset_timeline()
 
     def show_trace(self, trace: EpisodeTrace, grid: TraceGrid, *, n_questions: int | None = None) -> None:
         self.trace, self.grid = trace, grid
@@ -268,10 +283,10 @@ class TraceView(Vertical):
         s.append(f"{trace.source} of {what}, question {trace.question}{qn}, seed {trace.seed}", style="dim")
         self.query_one("#trace-summary", Static).update(s)
         self.query_one("#trace-grid", Static).update(render_grid(grid))
-        tl = self.query_one("#trace-timeline", DataTable)
-        tl.clear()
+        rows: list[tuple[str | Text, ...]] = []
         for ev in trace.events:
             op, br, cost, ans = ev[0], ev[1], int(ev[2]), ev[3]
             style = ANSWER_STYLES[classify(ans, grid.answer, grid.gold)]
-            tl.add_row(op, Text(str(br), justify="right"), Text(str(cost), justify="right"),
-                       Text("—" if ans is None else truncate(str(ans), 10), style=style if ans is not None else "dim"))
+            rows.append((op, Text(str(br), justify="right"), Text(str(cost), justify="right"),
+                         Text("—" if ans is None else truncate(str(ans), 10), style=style if ans is not None else "dim")))
+        self._reset_timeline(rows)
