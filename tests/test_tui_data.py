@@ -146,9 +146,9 @@ def test_grid_cell_kinds_and_answer_classes():
     assert [c.kind for c in rows[1].cells] == [traces.OPEN, traces.PROBED, traces.CONTINUED, traces.CONTINUED,
                                                traces.FINISHED]
     assert rows[1].cells[-1].answer_class == traces.PICK and rows[1].state == "finished"
-    assert rows[2].state == "abandoned" and rows[2].cells[-1].kind == traces.ABANDONED
+    assert rows[2].state == "running" and rows[2].cells[-1].kind == traces.LEFT_RUNNING
     assert rows[2].cells[0].answer_class == traces.OTHER
-    assert grid.counts == {"opened": 3, "finished": 1, "read": 0, "pruned": 1, "abandoned": 1, "events": 8}
+    assert grid.counts == {"opened": 3, "finished": 1, "read": 0, "pruned": 1, "running": 1, "events": 8}
     assert "answered with 1 still running" in grid.stop_reason and grid.correct is False
 
 

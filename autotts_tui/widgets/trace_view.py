@@ -17,10 +17,10 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 
 from autotts_tui.formatting import fmt_beta, fmt_tokens, truncate
 from autotts_tui.traces import (
-    ABANDONED,
     CONTINUED,
     FINISHED,
     GOLD,
+    LEFT_RUNNING,
     NONE,
     OPEN,
     OTHER,
@@ -34,10 +34,10 @@ from autotts_tui.traces import (
     classify,
 )
 
-GLYPHS = {OPEN: "▸", CONTINUED: "─", PROBED: "•", FINISHED: "■", PRUNED: "✗", ABANDONED: "✗", READ: "═", "": " "}
+GLYPHS = {OPEN: "▸", CONTINUED: "─", PROBED: "•", FINISHED: "■", PRUNED: "✗", LEFT_RUNNING: "✗", READ: "═", "": " "}
 ANSWER_STYLES = {PICK_GOLD: "bold green3", PICK: "bold red1", GOLD: "bold dodger_blue1", OTHER: "grey62",
                  NONE: "grey50"}
-MARK_STYLES = {PRUNED: "bold dark_orange", ABANDONED: "grey50"}
+MARK_STYLES = {PRUNED: "bold dark_orange", LEFT_RUNNING: "grey50"}
 BASELINE_CHOICES = (("SC@64 (sc:n=64)", "spec:sc:n=64"), ("ASC", "spec:asc"), ("ESC", "spec:esc"),
                     ("Parallel-Probe", "spec:parallel-probe"), ("CMC (β)", "spec:cmc"))
 
@@ -49,8 +49,8 @@ def legend() -> Text:
         t.append(f"{GLYPHS[kind]} {name}  ")
     t.append("✗", style=MARK_STYLES[PRUNED])
     t.append(" pruned  ")
-    t.append("✗", style=MARK_STYLES[ABANDONED])
-    t.append(" abandoned\n")
+    t.append("✗", style=MARK_STYLES[LEFT_RUNNING])
+    t.append(" running\n")
     t.append("answer ", style="dim")
     for cls, name in ((PICK_GOLD, "pick = gold"), (PICK, "pick ≠ gold"), (GOLD, "gold, not picked"),
                       (OTHER, "other")):
@@ -274,7 +274,7 @@ class TraceView(Vertical):
         s.append(str(grid.gold), style=ANSWER_STYLES[PICK_GOLD if grid.correct else GOLD])
         c = grid.counts
         s.append(f" · {grid.tokens:,} tokens · {c['events']} actions\n")
-        states = ", ".join(f"{c[k]} {k}" for k in ("finished", "read", "pruned", "abandoned") if c[k])
+        states = ", ".join(f"{c[k]} {k}" for k in ("finished", "read", "pruned", "running") if c[k])
         s.append(f"{c['opened']} branches" + (f" ({states})" if states else "") + " · ")
         s.append("stop: ", style="dim")
         s.append(grid.stop_reason + "\n")
