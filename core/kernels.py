@@ -170,13 +170,7 @@ def abandon_stale(live, n_live, disagree, patience, abandoned, order):
         if disagree[live[j]] >= patience:
             order[n_stale] = live[j]
             n_stale += 1
-    for x in range(1, n_stale):  # stable insertion sort by disagreement, highest first (n is small)
-        v = order[x]
-        y = x - 1
-        while y >= 0 and disagree[order[y]] < disagree[v]:
-            order[y + 1] = order[y]
-            y -= 1
-        order[y + 1] = v
+    sort_by_key_desc(order, n_stale, disagree)  # the most persistent first
     limit = min(n_stale, max(0, n_live - 2))
     if limit <= 0:
         return n_live
@@ -191,15 +185,21 @@ def abandon_stale(live, n_live, disagree, patience, abandoned, order):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def sort_by_key_desc(items, n, key):
+    """Stable insertion sort of items[:n] by key[item], largest first (n is small: a question's branches)."""
+    for x in range(1, n):
+        v = items[x]
+        y = x - 1
+        while y >= 0 and key[items[y]] < key[v]:
+            items[y + 1] = items[y]
+            y -= 1
+        items[y + 1] = v
+
+
+@njit(cache=True, nogil=True, inline="always")
 def sort_deepest_first(live, n_live, depth):
     """Stable insertion sort of live[:n_live] by depth, deepest first."""
-    for x in range(1, n_live):
-        v = live[x]
-        y = x - 1
-        while y >= 0 and depth[live[y]] < depth[v]:
-            live[y + 1] = live[y]
-            y -= 1
-        live[y + 1] = v
+    sort_by_key_desc(live, n_live, depth)
 
 
 @njit(cache=True, nogil=True, inline="always")

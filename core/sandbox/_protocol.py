@@ -89,6 +89,12 @@ def _split_ints(raw: bytes | bytearray | memoryview) -> tuple[int, Any]:
     return end, tail
 
 
+def _decode_tick(raw: bytearray) -> Tick:
+    """A tick body (writable, so that every tick reaches the broker's kernel with one array signature)."""
+    end, done = _split_ints(raw)
+    return Tick(np.frombuffer(raw, dtype="<i8", count=(end - KIND.size) // 8, offset=KIND.size), done)
+
+
 def decode_replies(raw: bytes | memoryview) -> tuple[array, Any, Any]:
     """The worker side of a replies frame: (flat replies as `array('q')`, errors, strings)."""
     end, tail = _split_ints(raw)
@@ -159,9 +165,7 @@ class FrameBuffer:
         if not self.buf and len(data) >= HEADER.size + KIND.size and data[HEADER.size] == TICK:
             (n,) = HEADER.unpack_from(data)
             if len(data) == HEADER.size + n and n <= self.limit:
-                raw = bytearray(data[HEADER.size:])  # writable: one kernel signature
-                end, done = _split_ints(raw)
-                return [Tick(np.frombuffer(raw, dtype="<i8", count=(end - KIND.size) // 8, offset=KIND.size), done)]
+                return [_decode_tick(bytearray(data[HEADER.size:]))]
         self.buf += data
         return self.frames()
 
@@ -173,11 +177,10 @@ class FrameBuffer:
                 raise ProtocolError(f"frame of {n} bytes exceeds the limit of {self.limit}")
             if len(self.buf) < HEADER.size + n:
                 break
-            raw = bytearray(memoryview(self.buf)[HEADER.size: HEADER.size + n])  # writable: one kernel signature
+            raw = bytearray(memoryview(self.buf)[HEADER.size: HEADER.size + n])
             del self.buf[: HEADER.size + n]
-            if raw[:1] == b"T":
-                end, done = _split_ints(raw)
-                out.append(Tick(np.frombuffer(raw, dtype="<i8", count=(end - KIND.size) // 8, offset=KIND.size), done))
+            if n and raw[0] == TICK:
+                out.append(_decode_tick(raw))
                 continue
             try:
                 obj = orjson.loads(raw)
