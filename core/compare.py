@@ -188,6 +188,9 @@ def render_comparison(c: RunComparison, *, max_chars: int = PAGE_CHARS, max_ques
     differing = [d for d in c.questions if d.accuracy_diff != 0 or d.tokens_diff != 0]
     order = sorted(differing, key=lambda d: (-abs(d.accuracy_diff), -abs(d.tokens_diff), d.question))
     same = c.n_questions - len(differing)
+    if not differing:
+        lines.append(("" if tests else f"{c.env}: ") + f"all {same} questions identical")
+        return "\n".join(lines)
     lines.append(("" if tests else f"{c.env}: ") + f"per question ({len(differing)} differ, {same} identical), "
                  "largest accuracy differences first:")
     lines.append(f"{'q':>4} {'acc a%':>7} {'acc b%':>7} {'diff':>7} {'tok a':>10} {'tok b':>10} {'tok diff':>10} "

@@ -148,3 +148,11 @@ def test_paper_data_signal_and_noise(replay_dir):
     mean_diff = np.mean([a.per_seed_accuracy.mean() - b.per_seed_accuracy.mean() for a, b in pairs])
     assert pooled.accuracy.diff == pytest.approx(mean_diff)
     assert len(pooled.per_env) == 2 and "Qwen3-0.6B/aime24" in render_pooled(pooled)
+
+
+def test_identical_runs_say_so_in_one_line():
+    c = np.array([[True, False, True]] * 4)
+    t = np.full((4, 3), 500, dtype=np.int64)
+    text = render_comparison(compare_runs(result(c, t), result(c, t)))
+    assert text.splitlines()[-1] == "all 3 questions identical" and "acc a%" not in text
+    assert render_comparison(compare_runs(result(c, t), result(c, t)), tests=False) == "e: all 3 questions identical"
